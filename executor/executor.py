@@ -1,0 +1,288 @@
+"""Run one claimed task's handler: the seed's Executor, as module-level functions.
+
+`execute` is the whole lifecycle (get_handler, build_context, prepare_input,
+execute_with_timeout, serialize_output / serialize_error) and returns an
+`Ok(output)` or an `Err(message)`; a handler failure never raises out of it.
+KeyboardInterrupt is the one exception that passes through (it is the
+operator's, not the handler's); SystemExit from a handler is just a failure.
+
+Time limits here are soft: they interrupt Python code (SIGALRM on the main
+thread, asyncio.timeout for `async def` handlers). Code stuck in C ignores
+them; the supervisor's SIGKILL at the deadline is the hard limit, and a
+process that reported a `Timeout` is replaced either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from executor.result import Err, Ok, Result, Timeout
+from pgflow import queries
+from pgflow.context import Context
+from pgflow.flow import Flow, Handler, Step
+from pgflow.task import ClaimedTask
+
+DEFAULT_TIMEOUT_MS = 30_000
+MAX_ERROR_BYTES = 8 * 1024
+
+# A psycopg Connection, a zero-arg callable returning one (opened on first use), or None.
+ConnectionSource = Any
+
+
+class _SoftTimeout(BaseException):
+    """Raised into a handler by SIGALRM; BaseException so `except Exception` lets it through."""
+
+
+def build_context(task: ClaimedTask, conn: ConnectionSource) -> Context:
+    """The handler's Context; `ctx.flow_input` costs one query on first read unless the
+    claim carried it. Give an autocommit connection: the query must not leave a
+    transaction open while the handler runs."""
+    if task.input_is_flow_input:
+        source: dict[str, Any] = {"flow_input": task.input}
+    else:
+        source = {"load_flow_input": _flow_input_loader(task, conn)}
+    return Context(run_id=task.run_id, flow_slug=task.flow_slug, step_slug=task.step_slug,
+                   task_index=task.task_index, attempt=task.attempt, **source)
+
+
+def _flow_input_loader(task: ClaimedTask, conn: ConnectionSource) -> Callable[[], Any]:
+    where = f"Run {task.run_id}, step {task.step_slug!r}"
+
+    def load() -> Any:
+        if conn is None:
+            raise RuntimeError(f"{where}: ctx.flow_input needs a database connection and this "
+                               "executor has none (give it a dsn)")
+        connection = conn if hasattr(conn, "execute") else conn()
+        row = connection.execute(queries.load("flow_input"), {"run_id": task.run_id}).fetchone()
+        if row is None:
+            raise LookupError(f"{where}: run not found while loading ctx.flow_input")
+        return row["input"] if isinstance(row, Mapping) else row[0]
+
+    return load
+
+
+def get_handler(flow: Flow, step_slug: str) -> Result:
+    step = flow.get_step(step_slug)
+    if step is None:
+        return Err(f"No handler defined for step: '{step_slug}'")
+    return Ok(step.handler)
+
+
+def prepare_input(task: ClaimedTask, ctx: Context, step: Step | None = None) -> Result:
+    """The claim already built the input (flow input, deps map or map element); check its shape.
+
+    Without `step` nothing can be checked, since a dependent single step and a map
+    task look alike on the wire.
+    """
+    dependent_single = step is not None and step.step_type == "single" and step.depends_on
+    if dependent_single and not isinstance(task.input, dict):
+        return Err(f"Flow {ctx.flow_slug!r}, step {ctx.step_slug!r}, run {ctx.run_id}: input "
+                   "of a dependent step must be an object of dependency outputs keyed by "
+                   f"step slug, got {type(task.input).__name__}")
+    return Ok(task.input)
+
+
+def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
+            timeout: int = DEFAULT_TIMEOUT_MS, *, encoded: bool = False) -> Result:
+    """Run the task's handler; `timeout` is in milliseconds.
+
+    With `encoded=True` the Ok value is the output already encoded as an
+    `orjson.Fragment`, so the child embeds it in its answer without encoding twice.
+    """
+    handler = get_handler(flow, task.step_slug)
+    if isinstance(handler, Err):
+        return handler
+    ctx = build_context(task, conn)
+    prepared = prepare_input(task, ctx, flow.get_step(task.step_slug))
+    if isinstance(prepared, Err):
+        return prepared
+    result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
+    if isinstance(result, Err):
+        return result
+    return encode_output(result.value) if encoded else serialize_output(result.value)
+
+
+def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Result:
+    """Call `handler(input, ctx)`; a `Timeout` err if it overruns `timeout_ms`.
+
+    Not re-entrant: one task at a time per process (the SIGALRM timer and the
+    event loop are per process).
+    """
+    started = time.monotonic()
+    try:
+        if inspect.iscoroutinefunction(handler):
+            output = _run_awaitable(handler(input, ctx), timeout_ms)
+        elif threading.current_thread() is threading.main_thread():
+            output = _run_with_alarm(handler, input, ctx, timeout_ms)
+        else:
+            output = _run_in_abandonable_thread(handler, input, ctx, timeout_ms)
+        if inspect.isawaitable(output):  # a plain callable that returned a coroutine
+            spent_ms = (time.monotonic() - started) * 1000
+            output = _run_awaitable(output, max(timeout_ms - spent_ms, 0))
+    except _SoftTimeout:
+        return Timeout(f"Task timed out after {timeout_ms}ms")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a handler is a failure too
+        return Err(serialize_error(exc))
+    return Ok(output)
+
+
+def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Any:
+    fired = False
+
+    def on_alarm(signum: int, frame: object) -> None:
+        nonlocal fired
+        fired = True
+        raise _SoftTimeout
+
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    previous_delay, previous_interval = signal.setitimer(
+        signal.ITIMER_REAL, max(timeout_ms / 1000, 1e-6))
+    started = time.monotonic()
+    try:
+        try:
+            output = handler(input, ctx)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_delay:  # someone else's timer (e.g. pytest-timeout): give back what is left
+            left = max(previous_delay - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left, previous_interval)
+    if fired:  # the handler swallowed the exception (bare except) but still overran
+        raise _SoftTimeout
+    return output
+
+
+def _run_in_abandonable_thread(handler: Handler, input: Any, ctx: Context,
+                               timeout_ms: int) -> Any:
+    """Off the main thread no signal can interrupt the handler: on timeout the
+    daemon thread is abandoned, still running, until the supervisor kills the process."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["output"] = handler(input, ctx)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"pgflow-{ctx.step_slug}", daemon=True)
+    thread.start()
+    thread.join(timeout_ms / 1000)
+    if thread.is_alive():
+        raise _SoftTimeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["output"]
+
+
+_runner: asyncio.Runner | None = None
+_runner_pid = 0
+
+
+def _run_awaitable(awaitable: Awaitable[Any], timeout_ms: float) -> Any:
+    """Run to completion on this process's one event loop (never a loop inherited by fork)."""
+    global _runner, _runner_pid
+    if _runner is None or _runner_pid != os.getpid():
+        _runner, _runner_pid = asyncio.Runner(), os.getpid()
+
+    async def bounded() -> tuple[bool, Any]:
+        limit = asyncio.timeout(timeout_ms / 1000)
+        try:
+            async with limit:
+                output = await awaitable
+        except TimeoutError:
+            if limit.expired():
+                return True, None
+            raise  # the handler's own TimeoutError is an ordinary failure
+        # expired() here means the handler swallowed the cancellation but still overran
+        return limit.expired(), output
+
+    timed_out, output = _runner.run(bounded())
+    if timed_out:
+        raise _SoftTimeout
+    return output
+
+
+def encode_output(output: Any) -> Result:
+    """`Ok(orjson.Fragment)` holding the encoded output, or `Err` saying what cannot be encoded.
+
+    Strict JSON: object keys must be str. Strings holding NUL are refused too,
+    since Postgres jsonb cannot store them and would fail the whole completion batch.
+    """
+    try:
+        data = orjson.dumps(output)
+    except TypeError as exc:
+        return Err(f"Output is not JSON-serializable: {exc}{_locate_unencodable(output)}")
+    if b"\\u0000" in data and _ESCAPED_NUL.search(data):
+        return Err("Output is not JSON-serializable: it contains a NUL character (\\u0000), "
+                   "which Postgres jsonb cannot store")
+    return Ok(orjson.Fragment(data))
+
+
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def serialize_output(output: Any) -> Result:
+    """`Ok(output)` (unchanged, so it compares equal) if it can be stored as JSON, else `Err`."""
+    encoded = encode_output(output)
+    return Ok(output) if isinstance(encoded, Ok) else encoded
+
+
+def _locate_unencodable(value: Any, path: str = "$") -> str:
+    """' (at $.items[2], a set)' for the first part of `value` orjson refuses, or ''."""
+    if isinstance(value, dict):
+        bad_key = next((k for k in value if not isinstance(k, str)), _NONE)
+        if bad_key is not _NONE:
+            return f" (at {path}, key {bad_key!r} of type {type(bad_key).__name__})"
+        children: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        try:
+            orjson.dumps(value)
+            return ""
+        except TypeError:
+            return f" (at {path}, a {type(value).__name__})"
+    return next((found for p, v in children if (found := _locate_unencodable(v, p))), "")
+
+
+_NONE = object()
+
+
+def serialize_error(error: object) -> str:
+    """A message for the task's error column, at most MAX_ERROR_BYTES of UTF-8 plus a marker.
+
+    A str stays as is; an exception becomes "TypeName: message"; anything else its repr.
+    Characters Postgres text cannot hold (NUL, lone surrogates) are escaped.
+    """
+    if isinstance(error, str):
+        message = error
+    elif isinstance(error, BaseException):
+        text = _safe(str, error)
+        message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    else:
+        message = _safe(repr, error)
+    data = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_ERROR_BYTES:
+        return data.decode("utf-8")
+    kept = data[:MAX_ERROR_BYTES].decode("utf-8", "ignore")
+    return f"{kept}... [truncated {len(data) - len(kept.encode())} bytes]"
+
+
+def _safe(render: Callable[[Any], str], value: object) -> str:
+    try:
+        return render(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+        return f"<unprintable {type(value).__name__}>"

@@ -1,0 +1,37 @@
+"""pgflow: a Postgres-native DAG workflow engine.
+
+Applications import only this package: define flows with `Flow`, run them
+with `Client`. Handlers receive a `Context`.
+"""
+
+from pgflow.client import Client, Run, StepState
+from pgflow.context import Context
+from pgflow.errors import (
+    FlowDefinitionError,
+    FlowNotFoundError,
+    InvalidInputError,
+    PgflowError,
+    RunNotFoundError,
+    ShapeConflictError,
+)
+from pgflow.flow import Flow, Step
+from pgflow.task import ClaimedTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClaimedTask",
+    "Client",
+    "Context",
+    "Flow",
+    "FlowDefinitionError",
+    "FlowNotFoundError",
+    "InvalidInputError",
+    "PgflowError",
+    "Run",
+    "RunNotFoundError",
+    "ShapeConflictError",
+    "Step",
+    "StepState",
+    "__version__",
+]

@@ -1,0 +1,219 @@
+"""Client: what applications use to migrate, register flows and start, read,
+wait for and cancel runs.
+
+A Client holds one connection, opened on first use and reopened on the next
+call after it drops. Calls that may be retried after a dropped connection are
+all idempotent (start_flow always sends a run id), so a call that fails with
+a connection error is retried once on a fresh connection. A Client is not
+meant to be shared between threads without a lock of your own; it takes one
+anyway so misuse cannot interleave statements.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+import psycopg.rows
+from psycopg.types.json import Jsonb
+
+from pgflow import db, migrations, queries
+from pgflow.errors import InvalidInputError, RunNotFoundError, ShapeConflictError
+from pgflow.flow import Flow
+from pgflow.run import Run, StepState
+from pgflow.shape import describe_differences
+
+__all__ = ["Client", "Run", "StepState"]
+
+T = TypeVar("T")
+
+RUNS_CHANNEL = "pgflow_runs"
+# How often wait() re-reads the run when no notification came (lost
+# notifications, a dropped listener); notifications wake it sooner.
+WAIT_RECHECK_SECONDS = 2.0
+
+
+class Client:
+    def __init__(self, dsn: str, *, application_name: str = "pgflow client") -> None:
+        self.dsn = dsn
+        self.application_name = application_name
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.RLock()
+
+    # -- connection -----------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def connection(self) -> psycopg.Connection:
+        """The live connection, (re)opened if needed."""
+        with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = db.connect(self.dsn, self.application_name)
+            return self._conn
+
+    def _call(self, operation: Callable[[psycopg.Connection], T]) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self.connection()
+                try:
+                    return operation(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not (conn.closed or conn.broken):
+                        raise
+                except psycopg.Error as exc:
+                    translated = db.engine_error(exc)
+                    if translated is not None:
+                        raise translated from None
+                    raise
+            raise AssertionError("unreachable")
+
+    # -- schema and flows -------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the pgflow schema; return the migrations applied."""
+        return self._call(migrations.migrate)
+
+    def register(self, flow: Flow, *, replace: bool = False) -> str:
+        """Store a flow's shape and options.
+
+        Returns "created", "verified" (already registered as is), "updated"
+        (options changed in place) or "replaced" (replace=True and the shape
+        changed: unfinished runs of the old shape are cancelled). A changed
+        shape without replace=True raises ShapeConflictError and writes nothing.
+        """
+        shape = flow.shape()
+        if not replace:
+            self._refuse_changed_shape(flow.slug, shape)
+        return self._call(
+            lambda conn: conn.execute(
+                "select pgflow.register_flow(%s, %s, %s, %s)",
+                (flow.slug, Jsonb(shape), Jsonb(flow.options()), replace),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+
+    def _refuse_changed_shape(self, flow_slug: str, shape: dict[str, Any]) -> None:
+        row = self._call(
+            lambda conn: conn.execute(
+                "select shape from pgflow.flows where flow_slug = %s", (flow_slug,)
+            ).fetchone()
+        )
+        if row is None or row[0] == shape:
+            return
+        differences = "; ".join(describe_differences(row[0], shape))
+        raise ShapeConflictError(
+            f"Flow {flow_slug!r} is already registered with a different shape ({differences}). "
+            "Give the new version another slug, or register it with replace=True, which "
+            "cancels the unfinished runs of the old shape."
+        )
+
+    # -- runs ---------------------------------------------------------------
+
+    def start_flow(
+        self, flow: str | Flow, input: Any = None, run_id: uuid.UUID | str | None = None
+    ) -> uuid.UUID:
+        """Start a run and return its id. Passing run_id makes the call
+        idempotent: the same id twice starts one run."""
+        flow_slug = flow.slug if isinstance(flow, Flow) else flow
+        run_uuid = _as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
+        try:
+            payload = orjson.dumps(input)
+        except TypeError as exc:
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: the run input is not JSON-serializable ({exc}); "
+                "pass dicts, lists, strings, numbers, booleans or None"
+            ) from None
+        row = self._call(
+            lambda conn: conn.execute(
+                "select run_id from pgflow.start_flow(%s, %s::jsonb, %s)",
+                (flow_slug, payload.decode(), run_uuid),
+            ).fetchone()
+        )
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    def get_run(self, run_id: uuid.UUID | str) -> Run:
+        run_uuid = _as_uuid(run_id, "get_run")
+
+        def read(conn: psycopg.Connection) -> Run:
+            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                run = cur.execute(queries.load("get_run"), {"run_id": run_uuid}).fetchone()
+                if run is None:
+                    raise RunNotFoundError(f"Run {run_uuid} does not exist")
+                steps = cur.execute(
+                    queries.load("get_step_states"), {"run_id": run_uuid}
+                ).fetchall()
+            return Run(**run, steps={s["step_slug"]: StepState(**s) for s in steps})
+
+        return self._call(read)
+
+    def wait(self, run_id: uuid.UUID | str, timeout: float = 60.0) -> Run:
+        """Block until the run is completed, failed or cancelled and return it.
+
+        Woken by the engine's NOTIFY on run completion; re-reads the run every
+        few seconds in case a notification was lost. Raises TimeoutError after
+        `timeout` seconds.
+        """
+        run_uuid = _as_uuid(run_id, "wait")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            conn = self.connection()
+            conn.execute(f"listen {RUNS_CHANNEL}")
+            try:
+                while True:
+                    run = self.get_run(run_uuid)
+                    if run.finished:
+                        return run
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"Run {run_uuid} of flow {run.flow_slug!r} is still {run.status} "
+                            f"after {timeout:g}s"
+                        )
+                    _wait_for_mention(conn, str(run_uuid), min(remaining, WAIT_RECHECK_SECONDS))
+            finally:
+                if not (conn.closed or conn.broken):
+                    conn.execute(f"unlisten {RUNS_CHANNEL}")
+
+    def cancel_run(self, run_id: uuid.UUID | str) -> Run:
+        """Cancel a run: queued tasks are cancelled, answers of running ones
+        are ignored. A finished run stays as it is."""
+        run_uuid = _as_uuid(run_id, "cancel_run")
+        self._call(lambda conn: conn.execute("select pgflow.cancel_run(%s)", (run_uuid,)))
+        return self.get_run(run_uuid)
+
+
+def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> None:
+    """Return when a runs notification names run_id (or names none), or after `seconds`.
+
+    psycopg keeps notifications that arrive during other statements and hands
+    them out first, so none is missed between reading the run and waiting here.
+    """
+    for notify in conn.notifies(timeout=seconds):
+        if not notify.payload or run_id in notify.payload:
+            return
+
+
+def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidInputError(f"{where}: run id {value!r} is not a UUID") from None

@@ -1,0 +1,52 @@
+"""Connections and the translation of engine errors into pgflow exceptions."""
+
+from __future__ import annotations
+
+import orjson
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_dumps, set_json_loads
+
+from pgflow.errors import (
+    FlowDefinitionError,
+    FlowNotFoundError,
+    InvalidInputError,
+    PgflowError,
+    RunNotFoundError,
+    ShapeConflictError,
+)
+
+# SQLSTATE codes raised by pgflow/sql (see 0002_engine.sql).
+_ENGINE_ERRORS: dict[str, type[PgflowError]] = {
+    "PF001": FlowNotFoundError,
+    "PF002": InvalidInputError,
+    "PF003": ShapeConflictError,
+    "PF004": RunNotFoundError,
+    "PF005": FlowDefinitionError,
+}
+
+
+def connect(dsn: str, application_name: str, **kwargs: object) -> psycopg.Connection:
+    """An autocommit connection that reads and writes JSON with orjson.
+
+    An application_name given in the DSN wins over ours.
+    """
+    params = {} if "application_name" in conninfo_to_dict(dsn) else {
+        "application_name": application_name
+    }
+    conn = psycopg.connect(dsn, autocommit=True, **params, **kwargs)  # type: ignore[arg-type]
+    set_json_loads(orjson.loads, conn)
+    set_json_dumps(orjson.dumps, conn)
+    return conn
+
+
+def engine_error(exc: psycopg.Error) -> PgflowError | None:
+    """The pgflow exception for an error the engine raised on purpose, else None."""
+    kind = _ENGINE_ERRORS.get(exc.sqlstate or "")
+    if kind is None:
+        return None
+    diag = exc.diag
+    message = diag.message_primary or str(exc)
+    if diag.message_hint:
+        message = f"{message}. {diag.message_hint}"
+    return kind(message)

@@ -1,0 +1,1 @@
+"""Example flows, used by `pgflow demo` and the README."""

@@ -1,0 +1,304 @@
+"""The Flow DSL: steps, map steps, options, validation and the flow's shape.
+
+A flow is plain Python data until it is registered. Decorators return the
+handler unchanged, so handlers stay ordinary functions that tests can call.
+Checks that need only one step run at decoration time; checks across steps
+(unknown dependencies, cycles) run in `validate()`, which `shape()` calls, so
+nothing malformed ever reaches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pgflow.errors import FlowDefinitionError
+
+SLUG_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_SLUG_LENGTH = 128
+RESERVED_SLUGS = frozenset({"run"})
+
+Handler = Callable[..., Any]
+StepType = Literal["single", "map"]
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BASE_DELAY = 1.0
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Per-step overrides; None means "use the flow's value"."""
+
+    max_attempts: int | None = None
+    base_delay: float | None = None
+    timeout: float | None = None
+    start_delay: float | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "max_attempts": self.max_attempts,
+            "base_delay": self.base_delay,
+            "timeout": self.timeout,
+            "start_delay": self.start_delay,
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    slug: str
+    handler: Handler
+    step_type: StepType
+    depends_on: tuple[str, ...]
+    options: StepOptions
+
+    @property
+    def is_root(self) -> bool:
+        return not self.depends_on
+
+
+def _slug_problem(slug: object) -> str | None:
+    if not isinstance(slug, str):
+        return f"slug must be a string, got {type(slug).__name__}"
+    if len(slug) > MAX_SLUG_LENGTH:
+        return f"slug {slug[:20]!r}... is longer than {MAX_SLUG_LENGTH} characters"
+    if not SLUG_PATTERN.match(slug):
+        return f"slug {slug!r} must match {SLUG_PATTERN.pattern}"
+    if slug in RESERVED_SLUGS:
+        return f"slug {slug!r} is reserved"
+    return None
+
+
+def _check_number(
+    where: str, name: str, value: object, *, minimum: float, integer: bool, strict: bool
+) -> None:
+    """Raise FlowDefinitionError unless value is a number >= (or > if strict) minimum."""
+    kind = "an integer" if integer else "a number"
+    allowed = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {value!r}")
+    too_small = value <= minimum if strict else value < minimum
+    if too_small or value != value or value == float("inf"):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise FlowDefinitionError(f"{where}: {name} must be {bound}, got {value!r}")
+
+
+def _check_options(where: str, options: Mapping[str, Any]) -> None:
+    rules = {
+        "max_attempts": dict(minimum=1, integer=True, strict=False),
+        "base_delay": dict(minimum=0, integer=False, strict=False),
+        "timeout": dict(minimum=0, integer=False, strict=True),
+        "start_delay": dict(minimum=0, integer=False, strict=False),
+    }
+    for name, value in options.items():
+        if value is not None:
+            _check_number(where, name, value, **rules[name])  # type: ignore[arg-type]
+
+
+class Flow:
+    """A named DAG of steps.
+
+    >>> flow = Flow("analyze", max_attempts=3, base_delay=1, timeout=30)
+    >>> @flow.step()
+    ... def fetch(input, ctx): ...
+    """
+
+    def __init__(
+        self,
+        slug: str,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        base_delay: float = DEFAULT_BASE_DELAY,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        problem = _slug_problem(slug)
+        if problem:
+            raise FlowDefinitionError(f"Flow {slug!r}: {problem}")
+        _check_options(
+            f"Flow {slug!r}",
+            {"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+        )
+        self.slug = slug
+        self.max_attempts = max_attempts
+        self.base_delay = float(base_delay)
+        self.timeout = float(timeout)
+        self._steps: dict[str, Step] = {}
+
+    def __repr__(self) -> str:
+        return f"Flow({self.slug!r}, steps={list(self._steps)})"
+
+    # -- building -----------------------------------------------------------
+
+    def step(
+        self,
+        *,
+        slug: str | None = None,
+        depends_on: Iterable[str] = (),
+        max_attempts: int | None = None,
+        base_delay: float | None = None,
+        timeout: float | None = None,
+        start_delay: float | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Declare a single step: one task, input is the flow input (root step)
+        or a dict of dependency outputs keyed by step slug."""
+        if isinstance(depends_on, str):
+            depends_on = [depends_on]
+        options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+
+        def decorate(handler: Handler) -> Handler:
+            self._add(handler, slug, "single", tuple(depends_on), options)
+            return handler
+
+        return decorate
+
+    def map(
+        self,
+        *,
+        slug: str | None = None,
+        array: str | None = None,
+        max_attempts: int | None = None,
+        base_delay: float | None = None,
+        timeout: float | None = None,
+        start_delay: float | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Declare a map step: one task per element of `array`'s output, or of
+        the flow input when `array` is None (a root map)."""
+        if array is not None and not isinstance(array, str):
+            name = slug or "<map>"
+            raise FlowDefinitionError(
+                f"Flow {self.slug!r}, step {name!r}: a map step takes one array source "
+                f"(array='step_slug'), got {array!r}"
+            )
+        options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+        deps = (array,) if array else ()
+
+        def decorate(handler: Handler) -> Handler:
+            self._add(handler, slug, "map", deps, options)
+            return handler
+
+        return decorate
+
+    def _add(
+        self,
+        handler: Handler,
+        slug: str | None,
+        step_type: StepType,
+        depends_on: tuple[str, ...],
+        options: StepOptions,
+    ) -> None:
+        if not callable(handler):
+            raise FlowDefinitionError(
+                f"Flow {self.slug!r}: a step decorator must wrap a function, got {handler!r}"
+            )
+        step_slug = slug if slug is not None else getattr(handler, "__name__", None)
+        where = f"Flow {self.slug!r}, step {step_slug!r}"
+        problem = _slug_problem(step_slug)
+        if problem:
+            raise FlowDefinitionError(f"{where}: {problem}")
+        assert isinstance(step_slug, str)
+        if step_slug in self._steps:
+            raise FlowDefinitionError(
+                f"{where}: duplicate step slug; pass slug='...' to give it another name"
+            )
+        for dep in depends_on:
+            if not isinstance(dep, str):
+                raise FlowDefinitionError(f"{where}: depends_on must hold step slugs, got {dep!r}")
+        if len(set(depends_on)) != len(depends_on):
+            raise FlowDefinitionError(f"{where}: depends_on lists a step twice: {depends_on!r}")
+        if step_slug in depends_on:
+            raise FlowDefinitionError(f"{where}: a step cannot depend on itself")
+        if step_type == "map" and len(depends_on) > 1:
+            raise FlowDefinitionError(f"{where}: a map step has at most one dependency")
+        _check_options(where, options.as_dict())
+        self._steps[step_slug] = Step(step_slug, handler, step_type, depends_on, options)
+
+    # -- reading ------------------------------------------------------------
+
+    @property
+    def steps(self) -> Mapping[str, Step]:
+        """Steps in definition order."""
+        return dict(self._steps)
+
+    def get_step(self, step_slug: str) -> Step | None:
+        return self._steps.get(step_slug)
+
+    def validate(self) -> list[Step]:
+        """Check the DAG as a whole; return the steps in a stable topological order."""
+        if not self._steps:
+            raise FlowDefinitionError(f"Flow {self.slug!r}: has no steps; add one with @flow.step()")
+        for step in self._steps.values():
+            for dep in step.depends_on:
+                if dep not in self._steps:
+                    known = ", ".join(self._steps)
+                    raise FlowDefinitionError(
+                        f"Flow {self.slug!r}, step {step.slug!r}: depends on unknown step "
+                        f"{dep!r} (steps of this flow: {known})"
+                    )
+        return self._topological_order()
+
+    def _topological_order(self) -> list[Step]:
+        order: list[Step] = []
+        placed: set[str] = set()
+        pending = list(self._steps.values())
+        while pending:
+            ready = [s for s in pending if all(d in placed for d in s.depends_on)]
+            if not ready:
+                cycle = _find_cycle({s.slug: s.depends_on for s in pending})
+                raise FlowDefinitionError(
+                    f"Flow {self.slug!r}: steps form a cycle: {' -> '.join(cycle)}; "
+                    "a step may only depend on steps that do not depend on it"
+                )
+            for step in ready:
+                order.append(step)
+                placed.add(step.slug)
+            pending = [s for s in pending if s.slug not in placed]
+        return order
+
+    def shape(self) -> dict[str, Any]:
+        """The structure that must match between registrations (no options)."""
+        return {
+            "steps": [
+                {"slug": s.slug, "type": s.step_type, "depends_on": list(s.depends_on)}
+                for s in self.validate()
+            ]
+        }
+
+    def options(self) -> dict[str, Any]:
+        """Options that may change in place between registrations."""
+        return {
+            "max_attempts": self.max_attempts,
+            "base_delay": self.base_delay,
+            "timeout": self.timeout,
+            "steps": {slug: s.options.as_dict() for slug, s in self._steps.items()},
+        }
+
+
+def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """Return one cycle (first node repeated at the end) in a graph known to have one."""
+    path: list[str] = []
+    on_path: set[str] = set()
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        on_path.add(node)
+        for dep in graph.get(node, ()):
+            if dep in on_path:
+                return path[path.index(dep) :] + [dep]
+            if dep not in done and dep in graph:
+                found = visit(dep)
+                if found:
+                    return found
+        on_path.discard(node)
+        done.add(node)
+        path.pop()
+        return None
+
+    for start in graph:
+        if start not in done:
+            found = visit(start)
+            if found:
+                return list(reversed(found))
+    raise AssertionError("no cycle found")

@@ -1,0 +1,43 @@
+"""Runs and step states as applications read them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class StepState:
+    step_slug: str
+    status: str
+    output: Any
+    error: str | None
+    attempts: int
+    task_count: int | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: uuid.UUID
+    flow_slug: str
+    status: str
+    input: Any
+    output: Any
+    error: str | None
+    failed_step: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
+    steps: dict[str, StepState] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES

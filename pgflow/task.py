@@ -1,0 +1,33 @@
+"""A task as the claim hands it out: everything a handler needs to run."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    task_id: int
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    task_index: int
+    attempt: int
+    timeout_ms: int
+    # The handler's input, prepared by the claim: flow input (root single
+    # step), the deps map (dependent single step) or the element (map task).
+    input: Any
+    # True when `input` is the flow input itself, so ctx.flow_input needs no query.
+    input_is_flow_input: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """A dict that orjson can encode (run_id as str)."""
+        data = asdict(self)
+        data["run_id"] = str(self.run_id)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ClaimedTask:
+        return cls(**{**data, "run_id": uuid.UUID(data["run_id"])})

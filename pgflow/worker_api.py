@@ -1,0 +1,117 @@
+"""The SQL calls a worker makes: claim, complete, fail, release, heartbeat,
+requeue expired leases. Thin wrappers over the pgflow.* functions, shared by
+the supervisor and by in-process draining. Each takes a batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgflow.task import ClaimedTask
+
+DEFAULT_LEASE_GRACE = 30.0
+
+
+def register_worker(
+    conn: psycopg.Connection, worker_id: uuid.UUID, hostname: str, pid: int, flows: Sequence[str]
+) -> None:
+    conn.execute(
+        "select pgflow.register_worker(%s, %s, %s::int, %s::text[])", (worker_id, hostname, pid, list(flows))
+    )
+
+
+def claim(
+    conn: psycopg.Connection,
+    worker_id: uuid.UUID,
+    flows: Sequence[str],
+    limit: int,
+    lease_grace: float = DEFAULT_LEASE_GRACE,
+) -> list[ClaimedTask]:
+    """Claim up to `limit` visible tasks of `flows`, oldest first."""
+    rows = conn.execute(
+        "select task_id, run_id, flow_slug, step_slug, task_index, attempt, timeout_ms, "
+        "input, input_is_flow_input from pgflow.claim_tasks(%s, %s::text[], %s::int, %s::numeric)",
+        (worker_id, list(flows), limit, lease_grace),
+    ).fetchall()
+    return [ClaimedTask(*row) for row in rows]
+
+
+def complete(
+    conn: psycopg.Connection, answers: Iterable[tuple[int, int, Any]]
+) -> set[int]:
+    """Record outputs: (task_id, attempt, output). Returns the accepted ids;
+    the rest were stale and changed nothing. An output of type
+    orjson.Fragment is sent as the JSON it already holds."""
+    ids, attempts, outputs = [], [], []
+    for task_id, attempt, output in answers:
+        ids.append(task_id)
+        attempts.append(attempt)
+        outputs.append(Jsonb(output))
+    if not ids:
+        return set()
+    rows = conn.execute(
+        "select * from pgflow.complete_tasks(%s::bigint[], %s::int[], %s::jsonb[])", (ids, attempts, outputs)
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def fail(conn: psycopg.Connection, answers: Iterable[tuple[int, int, str]]) -> set[int]:
+    """Record failed attempts: (task_id, attempt, error). Returns the accepted ids."""
+    return _batch(conn, "fail_tasks", ("bigint[]", "int[]", "text[]"), answers)
+
+
+def release(conn: psycopg.Connection, tasks: Iterable[tuple[int, int]]) -> set[int]:
+    """Give tasks back without charging an attempt: (task_id, attempt)."""
+    return _batch(conn, "release_tasks", ("bigint[]", "int[]"), tasks)
+
+
+def _batch(
+    conn: psycopg.Connection,
+    function: str,
+    types: tuple[str, ...],
+    rows: Iterable[tuple[Any, ...]],
+) -> set[int]:
+    """Call a set-based function with one array per column of `rows`."""
+    rows = list(rows)
+    if not rows:
+        return set()
+    columns = [list(col) for col in zip(*rows, strict=True)]
+    placeholders = ", ".join(f"%s::{t}" for t in types)
+    result = conn.execute(f"select * from pgflow.{function}({placeholders})", columns)
+    return {row[0] for row in result.fetchall()}
+
+
+def heartbeat(
+    conn: psycopg.Connection,
+    worker_id: uuid.UUID,
+    task_ids: Sequence[int],
+    lease_grace: float = DEFAULT_LEASE_GRACE,
+) -> int:
+    row = conn.execute(
+        "select pgflow.heartbeat(%s, %s::bigint[], %s::numeric)", (worker_id, list(task_ids), lease_grace)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def requeue_expired(conn: psycopg.Connection, limit: int = 1000) -> int:
+    row = conn.execute("select pgflow.requeue_expired(%s::int)", (limit,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def seconds_until_next_task(conn: psycopg.Connection, flows: Sequence[str]) -> float | None:
+    """Seconds until the earliest queued task of `flows` is due (<= 0: due now),
+    measured on the database clock; None when nothing is queued."""
+    row = conn.execute(
+        "select extract(epoch from pgflow.next_visible_at(%s::text[]) - now())", (list(flows),)
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def encode_output(output: Any) -> orjson.Fragment:
+    """Pre-encode an output so it crosses to Postgres without a second encoding."""
+    return orjson.Fragment(orjson.dumps(output))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,11 +42,22 @@ def claim(
     return [ClaimedTask(*row) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An answer the engine accepted. run_status / run_seconds are set on one
+    task per run that finished because of this batch."""
+
+    task_id: int
+    retry: bool = False
+    run_status: str | None = None
+    run_seconds: float | None = None
+
+
 def complete(
     conn: psycopg.Connection, answers: Iterable[tuple[int, int, Any]]
-) -> set[int]:
-    """Record outputs: (task_id, attempt, output). Returns the accepted ids;
-    the rest were stale and changed nothing. An output of type
+) -> dict[int, Accepted]:
+    """Record outputs: (task_id, attempt, output). Returns the accepted answers
+    by task id; the rest were stale and changed nothing. An output of type
     orjson.Fragment is sent as the JSON it already holds."""
     ids, attempts, outputs = [], [], []
     for task_id, attempt, output in answers:
@@ -53,37 +65,43 @@ def complete(
         attempts.append(attempt)
         outputs.append(Jsonb(output))
     if not ids:
-        return set()
+        return {}
     rows = conn.execute(
-        "select * from pgflow.complete_tasks(%s::bigint[], %s::int[], %s::jsonb[])", (ids, attempts, outputs)
+        "select task_id, run_status, run_seconds "
+        "from pgflow.complete_tasks(%s::bigint[], %s::int[], %s::jsonb[])",
+        (ids, attempts, outputs),
     ).fetchall()
-    return {row[0] for row in rows}
+    return {row[0]: Accepted(row[0], False, row[1], row[2]) for row in rows}
 
 
-def fail(conn: psycopg.Connection, answers: Iterable[tuple[int, int, str]]) -> set[int]:
-    """Record failed attempts: (task_id, attempt, error). Returns the accepted ids."""
-    return _batch(conn, "fail_tasks", ("bigint[]", "int[]", "text[]"), answers)
+def fail(conn: psycopg.Connection, answers: Iterable[tuple[int, int, str]]) -> dict[int, Accepted]:
+    """Record failed attempts: (task_id, attempt, error). Returns the accepted
+    answers by task id, with whether each will be retried."""
+    columns = _columns(answers)
+    if not columns:
+        return {}
+    rows = conn.execute(
+        "select task_id, retry, run_status, run_seconds "
+        "from pgflow.fail_tasks(%s::bigint[], %s::int[], %s::text[])",
+        columns,
+    ).fetchall()
+    return {row[0]: Accepted(*row) for row in rows}
 
 
 def release(conn: psycopg.Connection, tasks: Iterable[tuple[int, int]]) -> set[int]:
     """Give tasks back without charging an attempt: (task_id, attempt)."""
-    return _batch(conn, "release_tasks", ("bigint[]", "int[]"), tasks)
-
-
-def _batch(
-    conn: psycopg.Connection,
-    function: str,
-    types: tuple[str, ...],
-    rows: Iterable[tuple[Any, ...]],
-) -> set[int]:
-    """Call a set-based function with one array per column of `rows`."""
-    rows = list(rows)
-    if not rows:
+    columns = _columns(tasks)
+    if not columns:
         return set()
-    columns = [list(col) for col in zip(*rows, strict=True)]
-    placeholders = ", ".join(f"%s::{t}" for t in types)
-    result = conn.execute(f"select * from pgflow.{function}({placeholders})", columns)
-    return {row[0] for row in result.fetchall()}
+    rows = conn.execute(
+        "select * from pgflow.release_tasks(%s::bigint[], %s::int[])", columns
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to one list per column (the engine's functions take parallel arrays)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def heartbeat(

@@ -233,3 +233,32 @@ def test_lease_runs_until_timeout_plus_grace_and_heartbeat_extends_it(client, co
     assert float(conn.execute(lease).fetchone()[0]) == pytest.approx(30, abs=1)
     other = uuid.uuid4()
     assert worker_api.heartbeat(conn, other, [task.task_id]) == 0, "only the holder extends"
+
+
+def test_answers_report_retries_and_finished_runs(client, conn):
+    client.register(single_flow(max_attempts=2, base_delay=0))
+    run_id = client.start_flow("single", 1)
+    worker = HandWorker(conn, ["single"])
+    first = worker.claim_one()
+    report = worker_api.fail(conn, [(first.task_id, first.attempt, "x")])
+    assert report[first.task_id].retry is True
+    assert report[first.task_id].run_status is None
+    second = worker.claim_one()
+    report = worker_api.fail(conn, [(second.task_id, second.attempt, "y")])
+    assert (report[second.task_id].retry, report[second.task_id].run_status) == (False, "failed")
+    assert report[second.task_id].run_seconds >= 0
+    assert client.get_run(run_id).status == "failed"
+
+
+def test_completion_reports_the_run_it_finished_once(client, conn):
+    from tests.integration.helpers import map_flow
+
+    client.register(map_flow())
+    client.start_flow("mapper", [1, 2])
+    worker = HandWorker(conn, ["mapper"])
+    tasks = worker.claim()
+    report = worker_api.complete(conn, [(t.task_id, t.attempt, 1) for t in tasks])
+    assert [a.run_status for a in report.values()] == [None, None], "the run is not done yet"
+    (total,) = worker.claim()
+    report = worker_api.complete(conn, [(total.task_id, total.attempt, 2)])
+    assert report[total.task_id].run_status == "completed"

@@ -256,6 +256,23 @@ begin
 end;
 $$;
 
+-- What complete_tasks / fail_tasks report for the tasks they accepted: the
+-- run's final status and duration on one row per run that finished during
+-- the call (its tasks were all in started runs when the call began).
+create function pgflow._answer_report(p_task_ids bigint[], p_run_ids uuid[])
+returns table (task_id bigint, run_status text, run_seconds double precision)
+language sql stable as $$
+    select a.task_id,
+           case when a.first_of_run and r.status <> 'started' then r.status end,
+           case when a.first_of_run and r.status <> 'started' then
+               extract(epoch from coalesce(r.completed_at, r.failed_at, r.cancelled_at)
+                                  - r.started_at)::float8 end
+    from (select x.task_id, x.run_id,
+                 row_number() over (partition by x.run_id order by x.task_id) = 1 as first_of_run
+          from unnest(p_task_ids, p_run_ids) as x(task_id, run_id)) a
+    join pgflow.runs r on r.run_id = a.run_id;
+$$;
+
 -- ---------------------------------------------------------------------------
 -- flows
 -- ---------------------------------------------------------------------------
@@ -565,17 +582,19 @@ begin
 end;
 $$;
 
--- Complete many tasks in one call. Arrays are parallel. Returns the ids that
--- were accepted; the others were stale (another attempt holds the task, the
--- task or run is finished) and changed nothing.
+-- Complete many tasks in one call. Arrays are parallel. Returns a row per
+-- accepted task (see _answer_report); the others were stale (another attempt
+-- holds the task, the task or run is finished) and changed nothing.
 create function pgflow.complete_tasks(
     p_task_ids bigint[], p_attempts integer[], p_outputs jsonb[]
-) returns setof bigint
+) returns table (task_id bigint, run_status text, run_seconds double precision)
 language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
+#variable_conflict use_column
 declare
     v_accepted bigint[];
+    v_accepted_runs uuid[];
     v_runs uuid[];
     v_steps text[];
     v_map_runs uuid[];
@@ -611,13 +630,14 @@ begin
         returning ss.run_id, ss.step_slug, ss.status, s.step_type
     )
     select (select array_agg(task_id) from done),
+           (select array_agg(run_id) from done),
            (select array_agg(run_id) from steps_done where status = 'completed'),
            (select array_agg(step_slug) from steps_done where status = 'completed'),
            (select array_agg(run_id) from steps_done
             where status = 'completed' and step_type = 'map'),
            (select array_agg(step_slug) from steps_done
             where status = 'completed' and step_type = 'map')
-    into v_accepted, v_runs, v_steps, v_map_runs, v_map_steps;
+    into v_accepted, v_accepted_runs, v_runs, v_steps, v_map_runs, v_map_steps;
 
     if v_map_runs is not null then
         update pgflow.step_states ss
@@ -635,22 +655,26 @@ begin
         end if;
     end if;
 
-    return query select unnest(coalesce(v_accepted, '{}'));
+    return query select * from pgflow._answer_report(v_accepted, v_accepted_runs);
 end;
 $$;
 
 -- Fail many tasks in one call (parallel arrays). An attempt below the step's
 -- max_attempts is retried after base_delay * 2^(attempt-1) seconds (capped
 -- at one hour); the last one fails the step and the run. Every error is kept
--- in tasks.errors. Returns the accepted ids (stale answers change nothing).
+-- in tasks.errors. Returns a row per accepted task, with whether it will be
+-- retried (stale answers change nothing).
 create function pgflow.fail_tasks(
     p_task_ids bigint[], p_attempts integer[], p_errors text[]
-) returns setof bigint
+) returns table (task_id bigint, retry boolean, run_status text, run_seconds double precision)
 language plpgsql 
 set plan_cache_mode = force_generic_plan
 as $$
+#variable_conflict use_column
 declare
     v_accepted bigint[];
+    v_accepted_runs uuid[];
+    v_retried bigint[];
     v_fail_runs uuid[];
     v_fail_steps text[];
     v_fail_errors text[];
@@ -687,11 +711,14 @@ begin
         returning t.task_id, t.run_id, t.flow_slug, t.step_slug, t.status, t.error
     )
     select (select array_agg(task_id) from failed),
+           (select array_agg(run_id) from failed),
+           (select array_agg(task_id) from failed where status = 'queued'),
            (select array_agg(run_id) from failed where status = 'failed'),
            (select array_agg(step_slug) from failed where status = 'failed'),
            (select array_agg(error) from failed where status = 'failed'),
            (select array_agg(distinct flow_slug) from failed where status = 'queued')
-    into v_accepted, v_fail_runs, v_fail_steps, v_fail_errors, v_retry_flows;
+    into v_accepted, v_accepted_runs, v_retried, v_fail_runs, v_fail_steps, v_fail_errors,
+         v_retry_flows;
 
     if v_fail_runs is not null then
         perform pgflow._fail_runs(v_fail_runs, v_fail_steps, v_fail_errors);
@@ -700,7 +727,9 @@ begin
         perform pg_notify('pgflow_tasks', f) from unnest(v_retry_flows) as f;
     end if;
 
-    return query select unnest(coalesce(v_accepted, '{}'));
+    return query
+    select r.task_id, r.task_id = any (coalesce(v_retried, '{}')), r.run_status, r.run_seconds
+    from pgflow._answer_report(v_accepted, v_accepted_runs) r;
 end;
 $$;
 

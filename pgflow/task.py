@@ -21,6 +21,8 @@ class ClaimedTask:
     input: Any
     # True when `input` is the flow input itself, so ctx.flow_input needs no query.
     input_is_flow_input: bool = False
+    # Seconds the task had been visible (claimable) when it was claimed.
+    waited_s: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
         """A dict that orjson can encode (run_id as str)."""

@@ -13,9 +13,17 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgflow import queries
 from pgflow.task import ClaimedTask
 
 DEFAULT_LEASE_GRACE = 30.0
+
+_CLAIM = (
+    "select task_id, run_id, flow_slug, step_slug, task_index, attempt, timeout_ms, "
+    "input, input_is_flow_input, extract(epoch from now() - visible_at)::float8 "
+    "from pgflow.claim_tasks(%s, %s::text[], %s::int, %s::numeric)"
+)
+_NEXT_DUE = "select extract(epoch from pgflow.next_visible_at(%s::text[]) - now())"
 
 
 def register_worker(
@@ -34,11 +42,7 @@ def claim(
     lease_grace: float = DEFAULT_LEASE_GRACE,
 ) -> list[ClaimedTask]:
     """Claim up to `limit` visible tasks of `flows`, oldest first."""
-    rows = conn.execute(
-        "select task_id, run_id, flow_slug, step_slug, task_index, attempt, timeout_ms, "
-        "input, input_is_flow_input from pgflow.claim_tasks(%s, %s::text[], %s::int, %s::numeric)",
-        (worker_id, list(flows), limit, lease_grace),
-    ).fetchall()
+    rows = conn.execute(_CLAIM, (worker_id, list(flows), limit, lease_grace)).fetchall()
     return [ClaimedTask(*row) for row in rows]
 
 
@@ -124,12 +128,33 @@ def requeue_expired(conn: psycopg.Connection, limit: int = 1000) -> int:
 def seconds_until_next_task(conn: psycopg.Connection, flows: Sequence[str]) -> float | None:
     """Seconds until the earliest queued task of `flows` is due (<= 0: due now),
     measured on the database clock; None when nothing is queued."""
-    row = conn.execute(
-        "select extract(epoch from pgflow.next_visible_at(%s::text[]) - now())", (list(flows),)
-    ).fetchone()
+    row = conn.execute(_NEXT_DUE, (list(flows),)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
 def encode_output(output: Any) -> orjson.Fragment:
     """Pre-encode an output so it crosses to Postgres without a second encoding."""
     return orjson.Fragment(orjson.dumps(output))
+
+
+def claim_with_next_due(
+    conn: psycopg.Connection,
+    worker_id: uuid.UUID,
+    flows: Sequence[str],
+    limit: int,
+    lease_grace: float = DEFAULT_LEASE_GRACE,
+) -> tuple[list[ClaimedTask], float | None]:
+    """Claim, then ask when the next queued task is due, in one round trip
+    (pipeline). The second answer is <= 0 when more tasks are ready now."""
+    with conn.pipeline():
+        claimed = conn.execute(_CLAIM, (worker_id, list(flows), limit, lease_grace))
+        due = conn.execute(_NEXT_DUE, (list(flows),))
+    tasks = [ClaimedTask(*row) for row in claimed.fetchall()]
+    row = due.fetchone()
+    return tasks, None if row is None or row[0] is None else float(row[0])
+
+
+def queue_stats(conn: psycopg.Connection, flows: Sequence[str]) -> dict[str, tuple[int, float]]:
+    """{flow: (ready tasks, age in seconds of the oldest)} for flows with ready tasks."""
+    rows = conn.execute(queries.load("queue_stats"), {"flows": list(flows)}).fetchall()
+    return {flow: (depth, age) for flow, depth, age in rows}

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from pgflow import Client, PgflowError
+import psycopg
+
+from pgflow import Client, PgflowError, ShapeConflictError
 
 EXIT_USAGE = 2
+# sysexits EX_CONFIG: bad settings, a flow module that cannot import, a shape
+# conflict. The systemd unit lists it in RestartPreventExitStatus=, so a
+# broken deploy stops instead of respawning forever.
+EXIT_CONFIG = 78
+
+# Options of `pgflow supervise`, each also a PGFLOW_<NAME> environment variable.
+SUPERVISE_OPTIONS: dict[str, tuple[type, str]] = {
+    "database_url": (str, "Postgres connection string"),
+    "flows": (str, "comma-separated flow modules (myapp.flows) or module:attribute"),
+    "processes": (int, "executor processes (default: CPU count)"),
+    "prefetch": (int, "tasks claimed beyond idle executors (default 8)"),
+    "max_tasks_per_child": (int, "recycle an executor after this many tasks (0: never)"),
+    "max_memory_per_child": (int, "recycle an executor above this peak RSS in MiB (0: never)"),
+    "shutdown_timeout": (float, "seconds a drain waits for running tasks (default 30)"),
+    "lease_grace": (float, "seconds a lease outlives a task's timeout (default 30)"),
+    "heartbeat_interval": (float, "seconds between lease heartbeats (default 5)"),
+    "poll_interval": (float, "fallback poll in seconds, for lost notifications (default 10)"),
+    "metrics_host": (str, "address for /metrics, /healthz, /readyz (default 127.0.0.1)"),
+    "metrics_port": (int, "port for /metrics (default 9464; 0 disables)"),
+    "log_level": (str, "DEBUG, INFO, WARNING or ERROR"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,13 +50,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"))
 
+    supervise = commands.add_parser(
+        "supervise", help="run the supervisor: claim tasks and run them in forked executors"
+    )
+    for name, (kind, text) in SUPERVISE_OPTIONS.items():
+        supervise.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    supervise.add_argument("--env-file", help="read PGFLOW_* settings from this file too")
+    supervise.add_argument("--no-migrate", dest="migrate", action="store_const", const=False,
+                           help="do not create or upgrade the schema at start")
+
     args = parser.parse_args(argv)
+    if args.command == "supervise":
+        return _supervise(args)
     try:
         if args.command == "migrate":
             return _migrate(args.database_url)
         return _demo(args.database_url)
     except PgflowError as exc:
         print(f"pgflow: {exc}", file=sys.stderr)
+        return 1
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    import pydantic
+
+    from supervisor.flows import FlowImportError, load_flows
+    from supervisor.settings import Settings
+
+    overrides = {
+        name: getattr(args, name)
+        for name in [*SUPERVISE_OPTIONS, "migrate"]
+        if getattr(args, name, None) is not None
+    }
+    try:
+        settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"pgflow supervise: invalid settings: {problems} "
+              "(set them as options or PGFLOW_* environment variables)", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    try:
+        flows = load_flows(settings.flows)
+    except FlowImportError as exc:
+        print(f"pgflow supervise: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from supervisor.store import DatabaseUnavailable
+    from supervisor.supervisor import Supervisor
+
+    try:
+        return Supervisor(settings, flows).run()
+    except ShapeConflictError as exc:
+        print(f"pgflow supervise: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+        print(f"pgflow supervise: cannot reach the database: {exc}".strip(), file=sys.stderr)
         return 1
 
 

@@ -1,0 +1,102 @@
+"""The supervisor's working connection: claims, answers, releases, heartbeats.
+
+Every call is timed for metrics. A connection error closes the connection
+and raises DatabaseUnavailable; the loop keeps what it could not write and
+reconnects with backoff (the attempt fence makes writing late answers safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from pgflow import ClaimedTask, db, worker_api
+from pgflow.worker_api import Accepted
+from supervisor.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(Exception):
+    """The connection is gone; the caller retries after reconnecting."""
+
+
+class Store:
+    def __init__(
+        self,
+        dsn: str,
+        worker_id: uuid.UUID,
+        flows: Sequence[str],
+        hostname: str,
+        lease_grace: float,
+        metrics: Metrics,
+    ) -> None:
+        self._dsn = dsn
+        self.worker_id = worker_id
+        self.flows = list(flows)
+        self._hostname = hostname
+        self._lease_grace = lease_grace
+        self._metrics = metrics
+        self.conn: psycopg.Connection | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed and not self.conn.broken
+
+    def connect(self) -> None:
+        """Connect and (re-)register this worker; raises DatabaseUnavailable."""
+        self.close()
+        try:
+            self.conn = db.connect(self._dsn, f"pgflow supervisor {self._hostname}", connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        self._call("register", lambda c: worker_api.register_worker(
+            c, self.worker_id, self._hostname, os.getpid(), self.flows))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+    def _call(self, operation: str, work: Callable[[psycopg.Connection], T]) -> T:
+        if not self.connected:
+            raise DatabaseUnavailable("not connected")
+        assert self.conn is not None
+        try:
+            with self._metrics.db_timer(operation):
+                return work(self.conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    def claim(self, limit: int) -> tuple[list[ClaimedTask], float | None]:
+        return self._call("claim", lambda c: worker_api.claim_with_next_due(
+            c, self.worker_id, self.flows, limit, self._lease_grace))
+
+    def complete(self, answers: Iterable[tuple[int, int, Any]]) -> dict[int, Accepted]:
+        return self._call("complete", lambda c: worker_api.complete(c, answers))
+
+    def fail(self, answers: Iterable[tuple[int, int, str]]) -> dict[int, Accepted]:
+        return self._call("fail", lambda c: worker_api.fail(c, answers))
+
+    def release(self, tasks: Iterable[tuple[int, int]]) -> set[int]:
+        return self._call("release", lambda c: worker_api.release(c, tasks))
+
+    def heartbeat(self, task_ids: Sequence[int]) -> int:
+        return self._call("heartbeat", lambda c: worker_api.heartbeat(
+            c, self.worker_id, task_ids, self._lease_grace))
+
+    def requeue_expired(self) -> int:
+        return self._call("requeue", worker_api.requeue_expired)
+
+    def queue_stats(self) -> dict[str, tuple[int, float]]:
+        return self._call("queue_stats", lambda c: worker_api.queue_stats(c, self.flows))
+
+    def stop_worker(self) -> None:
+        self._call("stop", lambda c: c.execute("select pgflow.stop_worker(%s)", (self.worker_id,)))

@@ -1,0 +1,472 @@
+"""The supervisor: one single-threaded loop that claims tasks from Postgres and
+runs them in forked executor processes.
+
+Each turn of the loop: wait for events (the LISTEN connection, every child's
+socket, signals, the HTTP endpoint, the next timer); handle signals; reap
+exited children; kill children past their deadline; run due timers
+(heartbeat, fallback poll, due retries, reconnects); write answers in
+batches; claim for idle children plus a small prefetch; dispatch.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from prometheus_client import CONTENT_TYPE_LATEST
+
+import pgflow
+from pgflow import ClaimedTask, Client, Flow
+from supervisor.backoff import Backoff
+from supervisor.children import ExecutorProcess, fork_executor
+from supervisor.http import HttpEndpoint
+from supervisor.listener import Listener
+from supervisor.metrics import Metrics
+from supervisor.pool import Pool
+from supervisor.sdnotify import Notifier
+from supervisor.settings import Settings
+from supervisor.signals import SignalQueue
+from supervisor.store import DatabaseUnavailable, Store
+
+log = logging.getLogger("pgflow.supervisor")
+
+# When several claimable tasks are locked by another claimer, retry shortly
+# rather than spin.
+CONTENDED_RETRY = 0.05
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, flows: dict[str, Flow]) -> None:
+        self.settings = settings
+        self.flows = flows
+        self.worker_id = uuid.uuid4()
+        self.selector = selectors.DefaultSelector()
+        self.metrics = Metrics(info=self._info())
+        self.store = Store(settings.database_url, self.worker_id, list(flows), settings.hostname,
+                           settings.lease_grace, self.metrics)
+        self.listener = Listener(settings.database_url, set(flows),
+                                 f"pgflow listener {settings.hostname}")
+        self.signals = SignalQueue()
+        self.pool = Pool(settings.processes, self._fork, self.selector, self._on_answers)
+        self.notifier = Notifier.from_environment()
+        self.http: HttpEndpoint | None = None
+
+        # Claimed tasks waiting for an idle executor, with when they were claimed.
+        self.buffer: collections.deque[tuple[ClaimedTask, float]] = collections.deque()
+        self.oks: list[tuple[int, int, Any]] = []
+        self.errors: list[tuple[int, int, str]] = []
+        self.answered: dict[int, tuple[ClaimedTask, str, float]] = {}
+        self.dirty = True  # poll once at start
+        self.stopping: str | None = None  # "drain", "reload" or "fast"
+        self.stop_deadline = 0.0
+
+        now = time.monotonic()
+        self.next_heartbeat = now + settings.heartbeat_interval
+        self.next_poll = now + settings.poll_interval
+        self.next_due: float | None = None
+        self.next_queue_stats = now
+        self.next_reconnect = 0.0
+        self.reconnect_backoff = Backoff(0.2, 10.0)
+        watchdog = self.notifier.watchdog_interval()
+        self.watchdog_interval = watchdog
+        self.next_watchdog = now if watchdog else None
+
+    def _info(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "version": pgflow.__version__, "hostname": s.hostname, "processes": str(s.processes),
+            "prefetch": str(s.prefetch), "max_tasks_per_child": str(s.max_tasks_per_child),
+            "max_memory_per_child_mib": str(s.max_memory_per_child),
+            "shutdown_timeout_s": str(s.shutdown_timeout),
+        }
+
+    def _fork(self) -> ExecutorProcess:
+        return fork_executor(self.flows, self.settings.database_url)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code (re-executes itself on HUP)."""
+        self.start()
+        try:
+            while self.tick():
+                pass
+        finally:
+            self.stop()
+        if self.stopping == "reload":
+            self._reexec()
+        return 0
+
+    def start(self) -> None:
+        s = self.settings
+        with Client(s.database_url, application_name=f"pgflow supervisor {s.hostname}") as client:
+            if s.migrate:
+                applied = client.migrate()
+                if applied:
+                    log.info("applied migrations: %s", ", ".join(applied))
+            for flow in self.flows.values():
+                log.info("flow %r: %s", flow.slug, client.register(flow))
+        self.store.connect()
+        self._connect_listener()
+        self.signals.install()
+        self.signals.register(self.selector)
+        if s.metrics_port:
+            self.http = HttpEndpoint(s.metrics_host, s.metrics_port, {
+                "/metrics": lambda: (200, CONTENT_TYPE_LATEST, self.metrics.render()),
+                "/healthz": lambda: (200, "text/plain", b"ok\n"),
+                "/readyz": self._readyz,
+            })
+            self.http.start()
+            self.http.register(self.selector)
+        self.pool.fill(time.monotonic())
+        self.metrics.set_database_connected(True)
+        log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
+                 ", ".join(self.flows), s.processes, self.worker_id,
+                 f", metrics on {s.metrics_host}:{self.http.port}" if self.http else "")
+        self.notifier.ready(f"serving {len(self.flows)} flows with {s.processes} executors")
+
+    def _readyz(self) -> tuple[int, str, bytes]:
+        ready = self.store.connected and self.listener.connected and bool(self.pool.serving())
+        return (200, "text/plain", b"ready\n") if ready else (503, "text/plain", b"not ready\n")
+
+    def tick(self) -> bool:
+        """One turn of the loop; False once a stop has finished draining."""
+        now = time.monotonic()
+        for key, mask in self.selector.select(max(self._next_wakeup(now) - now, 0.0)):
+            key.data(mask)
+        self._handle_signals()
+        now = time.monotonic()
+        self._reap(now)
+        self._enforce_deadlines(now)
+        self._run_timers(now)
+        self._flush_answers()
+        if not self.stopping:
+            self.pool.fill(now)
+            self._claim(now)
+        self._dispatch(now)
+        self._update_gauges()
+        if self.http:
+            self.http.expire(now)
+        return not (self.stopping and self._stopped(now))
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        self._release_buffered()
+        self.pool.stop_all(timeout=5.0)
+        self._reap(time.monotonic())
+        self._flush_answers()
+        if self.oks or self.errors:
+            log.warning("%d answers could not be written; their leases will expire and the tasks "
+                        "will run again", len(self.oks) + len(self.errors))
+        with contextlib.suppress(DatabaseUnavailable):
+            self.store.stop_worker()
+        self.store.close()
+        self.listener.close()
+        if self.http:
+            self.http.close()
+        self.signals.uninstall()
+        self.signals.close()
+        self.selector.close()
+        log.info("supervisor %d stopped", os.getpid())
+
+    def _reexec(self) -> None:
+        log.info("re-executing %s", " ".join(sys.orig_argv))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+    # -- signals ----------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        for sig in self.signals.pop_all():
+            if sig in (signal.SIGTERM, signal.SIGHUP):
+                mode = "drain" if sig == signal.SIGTERM else "reload"
+                self._begin_stop("fast" if self.stopping else mode)
+            elif sig in (signal.SIGINT, signal.SIGQUIT):
+                self._begin_stop("fast")
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU) and not self.stopping:
+                self.pool.scale(1 if sig == signal.SIGTTIN else -1)
+                self.metrics.executor_restarted("scale")
+                log.info("pool size is now %d", self.pool.size)
+
+    def _begin_stop(self, mode: str) -> None:
+        log.info("stopping (%s)", mode)
+        if mode == "reload":
+            self.notifier.reloading()
+        else:
+            self.notifier.stopping()
+        self.stopping = mode
+        self.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._release_buffered()
+        if mode == "fast":
+            self._abandon_running("stopping at once")
+
+    def _abandon_running(self, why: str) -> None:
+        """Kill busy executors and give their tasks back without charging an attempt."""
+        released = []
+        for child in self.pool.busy():
+            task = child.finish_task()
+            self.pool.kill(child, "shutdown")
+            if task is not None:
+                released.append((task.task_id, task.attempt))
+        if released:
+            log.warning("%s: releasing %d running tasks", why, len(released))
+            self._release(released)
+
+    def _stopped(self, now: float) -> bool:
+        if self.stopping != "fast" and self.pool.busy() and now < self.stop_deadline:
+            return False
+        if self.pool.busy():
+            self._abandon_running(f"shutdown timeout ({self.settings.shutdown_timeout:g}s)")
+        return True
+
+    def _release_buffered(self) -> None:
+        self._release([(t.task_id, t.attempt) for t, _ in self.buffer])
+        self.buffer.clear()
+
+    def _release(self, tasks: list[tuple[int, int]]) -> None:
+        if not tasks:
+            return
+        try:
+            self.store.release(tasks)
+        except DatabaseUnavailable:
+            log.warning("could not release %d tasks (database unavailable); they run again when "
+                        "their leases expire", len(tasks))
+
+    # -- children -----------------------------------------------------------------
+
+    def _on_answers(self, child: ExecutorProcess, answers: list[dict[str, Any]]) -> None:
+        for answer in answers:
+            task = child.task
+            if task is None or answer.get("task_id") != task.task_id:
+                continue  # from a task already failed at its deadline
+            child.finish_task()
+            if answer.get("ok"):
+                self.oks.append((task.task_id, task.attempt, answer.get("output")))
+                outcome = "success"
+            else:
+                self.errors.append((task.task_id, task.attempt, str(answer.get("error"))))
+                outcome = "timeout" if answer.get("timed_out") else "error"
+            self.answered[task.task_id] = (task, outcome, float(answer.get("duration_s", 0.0)))
+            self._after_task(child, answer, outcome)
+
+    def _after_task(self, child: ExecutorProcess, answer: dict[str, Any], outcome: str) -> None:
+        s = self.settings
+        rss_mib = int(answer.get("max_rss_kb") or 0) / 1024
+        if outcome == "timeout":
+            self.pool.kill(child, "timeout")  # its state after an interrupted handler is unknown
+            self.metrics.executor_restarted("timeout")
+        elif s.max_tasks_per_child and child.tasks_done >= s.max_tasks_per_child:
+            self.pool.retire(child, "recycle")
+            self.metrics.executor_restarted("recycle")
+        elif s.max_memory_per_child and rss_mib > s.max_memory_per_child:
+            log.info("executor %d uses %.0f MiB (limit %d MiB): recycling", child.pid, rss_mib,
+                     s.max_memory_per_child)
+            self.pool.retire(child, "recycle")
+            self.metrics.executor_restarted("recycle")
+        else:
+            self.pool.task_done(child)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for child in self.pool.busy():
+            if child.deadline is not None and now >= child.deadline and not child.killed:
+                task = child.finish_task()
+                assert task is not None
+                self.pool.kill(child, "timeout")
+                self.metrics.executor_restarted("timeout")
+                log.warning("task %d (%s/%s) overran %dms: killed executor %d", task.task_id,
+                            task.flow_slug, task.step_slug, task.timeout_ms, child.pid)
+                self.errors.append((task.task_id, task.attempt,
+                                    f"Task timed out after {task.timeout_ms}ms"))
+                self.answered[task.task_id] = (task, "timeout", now - child.dispatched_at)
+
+    def _reap(self, now: float) -> None:
+        for child, how in self.pool.reap(now):
+            task = child.finish_task()
+            crashed = not child.killed and child.retire_reason is None
+            if crashed:
+                self.metrics.executor_restarted("crash")
+            if task is not None:
+                message = f"Executor process {child.pid} {how} while running this task"
+                log.warning("task %d (%s/%s): %s", task.task_id, task.flow_slug, task.step_slug,
+                            message)
+                self.errors.append((task.task_id, task.attempt, message))
+                self.answered[task.task_id] = (task, "crash", now - child.dispatched_at)
+
+    # -- database -------------------------------------------------------------------
+
+    def _claim(self, now: float) -> None:
+        if not self.dirty or not self.store.connected:
+            return
+        want = len(self.pool.idle()) + self.settings.prefetch - len(self.buffer)
+        if want <= 0:
+            return  # still dirty: claim again when executors free up
+        try:
+            tasks, next_due = self.store.claim(want)
+        except DatabaseUnavailable as exc:
+            self._database_lost(exc)
+            return
+        self.dirty = False
+        self.buffer.extend((task, now) for task in tasks)
+        for task in tasks:
+            self.metrics.tasks_claimed(task.flow_slug, task.step_slug)
+        if next_due is None:
+            self.next_due = None
+        elif next_due > 0:
+            self.next_due = now + next_due
+        elif tasks:
+            self.dirty = True  # more are ready now
+        else:
+            self.next_due = now + CONTENDED_RETRY  # ready but locked by another claimer
+
+    def _dispatch(self, now: float) -> None:
+        for child in self.pool.idle():
+            if not self.buffer:
+                return
+            task, claimed_at = self.buffer.popleft()
+            self.metrics.task_started(task.flow_slug, task.step_slug, task.waited_s + now - claimed_at)
+            child.send(task, now, self.settings.kill_grace)
+            self.pool.watch(child)
+
+    def _flush_answers(self) -> None:
+        batch = self.settings.complete_batch
+        while (self.oks or self.errors) and self.store.connected:
+            oks, errors = self.oks[:batch], self.errors[:batch]
+            try:
+                accepted = self.store.complete(oks) if oks else {}
+                del self.oks[: len(oks)]
+                accepted.update(self.store.fail(errors) if errors else {})
+                del self.errors[: len(errors)]
+            except DatabaseUnavailable as exc:
+                self._database_lost(exc)
+                return
+            self._record_outcomes([a[0] for a in oks + errors], accepted)
+
+    def _record_outcomes(self, task_ids: list[int], accepted: dict[int, Any]) -> None:
+        late = 0
+        for task_id in task_ids:
+            task, outcome, duration = self.answered.pop(task_id)
+            report = accepted.get(task_id)
+            if report is None:
+                late += 1
+                continue
+            self.metrics.task_finished(task.flow_slug, task.step_slug, outcome, duration)
+            if report.retry:
+                self.metrics.task_retried(task.flow_slug, task.step_slug)
+            if report.run_status:
+                self.metrics.run_finished(task.flow_slug, report.run_status, report.run_seconds or 0.0)
+        if late:
+            self.metrics.late_answers_ignored(late)
+
+    def _held_task_ids(self) -> list[int]:
+        running = [c.task.task_id for c in self.pool.busy() if c.task is not None]
+        return running + [t.task_id for t, _ in self.buffer] + list(self.answered)
+
+    def _database_lost(self, exc: BaseException) -> None:
+        if self.store.connected or self.listener.connected or self.next_reconnect == 0.0:
+            log.warning("database connection lost: %s", str(exc).strip() or type(exc).__name__)
+        self._forget_listener()
+        self.store.close()
+        self.metrics.set_database_connected(False)
+        self.next_reconnect = time.monotonic() + self.reconnect_backoff.next_delay()
+
+    def _reconnect(self) -> None:
+        try:
+            self.store.connect()
+            self._connect_listener()
+        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            self._database_lost(exc)
+            return
+        log.info("database connection restored")
+        self.reconnect_backoff.reset()
+        self.next_reconnect = 0.0
+        self.metrics.set_database_connected(True)
+        self.dirty = True  # notifications may have been lost: poll once
+
+    def _connect_listener(self) -> None:
+        self.listener.connect()
+        self.selector.register(self.listener.fileno(), selectors.EVENT_READ, self._on_notify)
+
+    def _forget_listener(self) -> None:
+        if self.listener.conn is not None:
+            fd = self.listener.conn.pgconn.socket if not self.listener.conn.closed else -1
+            if fd in self.selector.get_map():
+                self.selector.unregister(fd)
+        self.listener.close()
+
+    def _on_notify(self, mask: int) -> None:
+        try:
+            if self.listener.drain():
+                self.dirty = True
+                self.metrics.wakeup("notification")
+        except psycopg.OperationalError as exc:
+            self._database_lost(exc)
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _run_timers(self, now: float) -> None:
+        s = self.settings
+        if not self.store.connected:
+            if now >= self.next_reconnect:
+                self._reconnect()
+            return
+        if now >= self.next_poll:
+            self.next_poll = now + s.poll_interval
+            self.dirty = True
+            self.metrics.wakeup("poll")
+        if self.next_due is not None and now >= self.next_due:
+            self.next_due = None
+            self.dirty = True
+            self.metrics.wakeup("timer")
+        try:
+            if now >= self.next_heartbeat:
+                self.next_heartbeat = now + s.heartbeat_interval
+                self.store.heartbeat(self._held_task_ids())
+                self.store.requeue_expired()
+            if now >= self.next_queue_stats:
+                self.next_queue_stats = now + s.queue_stats_interval
+                self.metrics.set_queue(self.store.queue_stats())
+        except DatabaseUnavailable as exc:
+            self._database_lost(exc)
+        if self.next_watchdog is not None and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + (self.watchdog_interval or 1.0)
+
+    def _next_wakeup(self, now: float) -> float:
+        if self.signals.pending:
+            return now
+        if self.store.connected:
+            if self.oks or self.errors:
+                return now
+            if self.dirty and not self.stopping and (
+                len(self.pool.idle()) + self.settings.prefetch > len(self.buffer)
+            ):
+                return now
+            candidates = [self.next_poll, self.next_heartbeat, self.next_queue_stats]
+            if self.next_due is not None:
+                candidates.append(self.next_due)
+        else:
+            candidates = [self.next_reconnect]
+        candidates += [c.deadline for c in self.pool.busy() if c.deadline is not None]
+        if len(self.pool.serving()) < self.pool.size:
+            candidates.append(self.pool.respawn_at)
+        if self.stopping:
+            candidates.append(self.stop_deadline)
+        if self.next_watchdog is not None:
+            candidates.append(self.next_watchdog)
+        return min(candidates)
+
+    def _update_gauges(self) -> None:
+        idle = len(self.pool.idle())
+        busy = len(self.pool.busy())
+        self.metrics.set_executors(idle, busy)
+        self.metrics.set_in_flight(busy, len(self.buffer))

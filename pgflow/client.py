@@ -173,23 +173,34 @@ class Client:
         run_uuid = _as_uuid(run_id, "wait")
         deadline = time.monotonic() + timeout
         with self._lock:
-            conn = self.connection()
-            conn.execute(f"listen {RUNS_CHANNEL}")
-            try:
-                while True:
-                    run = self.get_run(run_uuid)
-                    if run.finished:
-                        return run
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(
-                            f"Run {run_uuid} of flow {run.flow_slug!r} is still {run.status} "
-                            f"after {timeout:g}s"
-                        )
-                    _wait_for_mention(conn, str(run_uuid), min(remaining, WAIT_RECHECK_SECONDS))
-            finally:
-                if not (conn.closed or conn.broken):
-                    conn.execute(f"unlisten {RUNS_CHANNEL}")
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    return self._wait_listening(run_uuid, timeout, deadline)
+                except psycopg.OperationalError:
+                    if remaining <= 0 or not (self._conn is None or self._conn.broken):
+                        raise
+                    # The server went away (restart, failover): retry on a new connection.
+                    time.sleep(min(0.5, max(remaining, 0)))
+
+    def _wait_listening(self, run_uuid: uuid.UUID, timeout: float, deadline: float) -> Run:
+        conn = self.connection()
+        conn.execute(f"listen {RUNS_CHANNEL}")
+        try:
+            while True:
+                run = self.get_run(run_uuid)
+                if run.finished:
+                    return run
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"Run {run_uuid} of flow {run.flow_slug!r} is still {run.status} "
+                        f"after {timeout:g}s"
+                    )
+                _wait_for_mention(conn, str(run_uuid), min(remaining, WAIT_RECHECK_SECONDS))
+        finally:
+            if not (conn.closed or conn.broken):
+                conn.execute(f"unlisten {RUNS_CHANNEL}")
 
     def cancel_run(self, run_id: uuid.UUID | str) -> Run:
         """Cancel a run: queued tasks are cancelled, answers of running ones

@@ -59,6 +59,7 @@ class Supervisor:
         self.pool = Pool(settings.processes, self._fork, self.selector, self._on_answers)
         self.notifier = Notifier.from_environment()
         self.http: HttpEndpoint | None = None
+        self.listener_fd = -1
 
         # Claimed tasks waiting for an idle executor, with when they were claimed.
         self.buffer: collections.deque[tuple[ClaimedTask, float]] = collections.deque()
@@ -394,13 +395,14 @@ class Supervisor:
 
     def _connect_listener(self) -> None:
         self.listener.connect()
-        self.selector.register(self.listener.fileno(), selectors.EVENT_READ, self._on_notify)
+        self.listener_fd = self.listener.fileno()
+        self.selector.register(self.listener_fd, selectors.EVENT_READ, self._on_notify)
 
     def _forget_listener(self) -> None:
-        if self.listener.conn is not None:
-            fd = self.listener.conn.pgconn.socket if not self.listener.conn.closed else -1
-            if fd in self.selector.get_map():
-                self.selector.unregister(fd)
+        # The fd we registered: a broken connection no longer reports it.
+        if self.listener_fd >= 0 and self.listener_fd in self.selector.get_map():
+            self.selector.unregister(self.listener_fd)
+        self.listener_fd = -1
         self.listener.close()
 
     def _on_notify(self, mask: int) -> None:

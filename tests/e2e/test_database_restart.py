@@ -1,0 +1,50 @@
+"""Restarting Postgres under a running supervisor loses nothing.
+
+Uses a private embedded Postgres (pgserver), never the shared server."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import pytest
+
+from pgflow import Client
+from tests.e2e.conftest import query
+
+pgserver = pytest.importorskip("pgserver")
+
+
+@pytest.fixture
+def private_postgres():
+    from pgserver._commands import pg_ctl
+
+    with tempfile.TemporaryDirectory(prefix="pgflow-restart-") as data_dir:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+
+        def restart(down_for: float) -> None:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            time.sleep(down_for)
+            server.ensure_postgres_running()
+
+        try:
+            yield server.get_uri(), restart
+        finally:
+            server.cleanup()
+
+
+def test_postgres_restart_mid_run_loses_nothing(private_postgres, start_supervisor):
+    dsn, restart = private_postgres
+    with Client(dsn) as client:
+        client.migrate()
+        supervisor = start_supervisor(dsn, "--heartbeat-interval", "0.5", processes=2)
+        run_ids = [client.start_flow("e2e_slow", {"seconds": 0.1}) for _ in range(40)]
+        time.sleep(0.5)
+        restart(down_for=1.5)
+        supervisor.wait_for_log("database connection restored", timeout=30)
+        runs = [client.wait(run_id, timeout=60) for run_id in run_ids]
+    assert {r.status for r in runs} == {"completed"}
+    assert query(dsn, "select status, count(*) from pgflow.tasks group by status") == [
+        ("completed", 40)]
+    assert supervisor.proc.poll() is None, "the supervisor survived the restart"
+    assert "database connection lost" in supervisor.log()

@@ -32,6 +32,8 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class HttpEndpoint:
+    """`start()`, `register(selector)`, then the loop dispatches events and calls `expire()`."""
+
     def __init__(
         self,
         host: str,
@@ -48,6 +50,7 @@ class HttpEndpoint:
         self._listener: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
         self._connections: dict[socket.socket, _Connection] = {}
+        self._accept_paused_until: float | None = None
 
     @property
     def port(self) -> int:
@@ -64,9 +67,11 @@ class HttpEndpoint:
             listener.bind((self.host, self._requested_port))
             listener.listen(64)
             listener.setblocking(False)
-        except OSError:
+        except OSError as exc:
             listener.close()
-            raise
+            raise OSError(
+                exc.errno, f"cannot serve metrics on {self.host}:{self._requested_port}: {exc.strerror}"
+            ) from exc
         self._listener = listener
 
     def register(self, selector: selectors.BaseSelector) -> None:
@@ -78,6 +83,10 @@ class HttpEndpoint:
     def expire(self, now: float | None = None) -> int:
         """Close connections idle longer than `idle_timeout`; the loop calls this every iteration."""
         now = self.clock() if now is None else now
+        if self._accept_paused_until is not None and now >= self._accept_paused_until:
+            self._accept_paused_until = None
+            if self._listener is not None and self._selector is not None:
+                self._selector.register(self._listener, selectors.EVENT_READ, data=self._on_accept)
         stale = [c for c in self._connections.values() if now - c.last_active > self.idle_timeout]
         for conn in stale:
             log.debug("closing idle metrics connection from %s", conn.peer)
@@ -106,14 +115,19 @@ class HttpEndpoint:
     # -- events ----------------------------------------------------------
 
     def _on_accept(self, mask: int) -> None:
-        assert self._listener is not None
+        if self._listener is None:  # closed earlier in this round of events
+            return
         for _ in range(16):  # a bounded batch per wake-up, so a flood cannot starve the loop
             try:
                 sock, peer = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
-            except OSError as exc:  # EMFILE, ECONNABORTED, ...: keep the loop alive
-                log.warning("metrics endpoint: accept failed: %s", exc)
+            except OSError as exc:
+                # EMFILE and the like: the listener stays readable, so stop watching it for a
+                # second rather than spinning the loop; expire() watches it again.
+                log.warning("metrics endpoint: accept failed, pausing for 1 s: %s", exc)
+                self._unregister(self._listener)
+                self._accept_paused_until = self.clock() + 1.0
                 return
             if len(self._connections) >= self.max_connections:
                 oldest = min(self._connections.values(), key=lambda c: c.last_active)

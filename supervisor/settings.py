@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PGFLOW_", extra="ignore")
 
     database_url: str = Field(description="Postgres connection string")
-    flows: list[str] = Field(
+    # NoDecode: PGFLOW_FLOWS is "a,b", not JSON.
+    flows: Annotated[list[str], NoDecode] = Field(
         description="modules collecting every top-level Flow (myapp.flows), or module:attribute"
     )
     processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
-    prefetch: int = Field(default=8, ge=0, le=1000, description="tasks claimed beyond idle executors")
+    prefetch: int = Field(default=32, ge=0, le=1000, description="tasks claimed beyond idle executors")
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
     shutdown_timeout: float = Field(default=30.0, ge=0)
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
         default=0.5, ge=0, description="seconds after a task's timeout before its executor is killed"
     )
     complete_batch: int = Field(default=200, ge=1, description="most answers written per round trip")
+    flush_delay: float = Field(
+        default=0.005, ge=0,
+        description="seconds an answer may wait to share a round trip with others while "
+        "executors are busy (never when they would otherwise wait for it)",
+    )
     migrate: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables /metrics")

@@ -66,6 +66,7 @@ class Supervisor:
         self.oks: list[tuple[int, int, Any]] = []
         self.errors: list[tuple[int, int, str]] = []
         self.answered: dict[int, tuple[ClaimedTask, str, float]] = {}
+        self.first_answer_at = 0.0  # when the oldest unwritten answer arrived
         self.dirty = True  # poll once at start
         self.stopping: str | None = None  # "drain", "reload" or "fast"
         self.stop_deadline = 0.0
@@ -149,7 +150,8 @@ class Supervisor:
         self._reap(now)
         self._enforce_deadlines(now)
         self._run_timers(now)
-        self._flush_answers()
+        if self._flush_due(now):
+            self._flush_answers()
         if not self.stopping:
             self.pool.fill(now)
             self._claim(now)
@@ -246,6 +248,8 @@ class Supervisor:
     # -- children -----------------------------------------------------------------
 
     def _on_answers(self, child: ExecutorProcess, answers: list[dict[str, Any]]) -> None:
+        if not (self.oks or self.errors):
+            self.first_answer_at = time.monotonic()
         for answer in answers:
             task = child.task
             if task is None or answer.get("task_id") != task.task_id:
@@ -308,9 +312,9 @@ class Supervisor:
     def _claim(self, now: float) -> None:
         if not self.dirty or not self.store.connected:
             return
+        if not self._claim_wanted():
+            return  # still dirty: claim again when the buffer runs low
         want = len(self.pool.idle()) + self.settings.prefetch - len(self.buffer)
-        if want <= 0:
-            return  # still dirty: claim again when executors free up
         try:
             tasks, next_due = self.store.claim(want)
         except DatabaseUnavailable as exc:
@@ -329,6 +333,12 @@ class Supervisor:
         else:
             self.next_due = now + CONTENDED_RETRY  # ready but locked by another claimer
 
+    def _claim_wanted(self) -> bool:
+        """Claim in batches: when idle executors would otherwise wait, or when
+        the prefetch buffer is down to half."""
+        buffered = len(self.buffer)
+        return len(self.pool.idle()) > buffered or buffered <= self.settings.prefetch // 2
+
     def _dispatch(self, now: float) -> None:
         for child in self.pool.idle():
             if not self.buffer:
@@ -337,6 +347,24 @@ class Supervisor:
             self.metrics.task_started(task.flow_slug, task.step_slug, task.waited_s + now - claimed_at)
             child.send(task, now, self.settings.kill_grace)
             self.pool.watch(child)
+
+    def _flush_due(self, now: float) -> bool:
+        """Write answers now, or let a few more share the round trip?
+
+        Under load, executors are fed from the prefetch buffer and do not wait
+        for answers to be written, so answers may gather for up to flush_delay.
+        Once the buffer is empty the written answers are what readies more
+        work (dependent steps), so they go at once; so do full batches.
+        """
+        pending = len(self.oks) + len(self.errors)
+        if not pending or not self.store.connected:
+            return False
+        return (
+            pending >= self.settings.complete_batch
+            or not self.buffer
+            or self.stopping is not None
+            or now - self.first_answer_at >= self.settings.flush_delay
+        )
 
     def _flush_answers(self) -> None:
         batch = self.settings.complete_batch
@@ -447,13 +475,11 @@ class Supervisor:
         if self.signals.pending:
             return now
         if self.store.connected:
-            if self.oks or self.errors:
-                return now
-            if self.dirty and not self.stopping and (
-                len(self.pool.idle()) + self.settings.prefetch > len(self.buffer)
-            ):
+            if self._flush_due(now) or (self.dirty and not self.stopping and self._claim_wanted()):
                 return now
             candidates = [self.next_poll, self.next_heartbeat, self.next_queue_stats]
+            if self.oks or self.errors:
+                candidates.append(self.first_answer_at + self.settings.flush_delay)
             if self.next_due is not None:
                 candidates.append(self.next_due)
         else:

@@ -286,7 +286,7 @@ $$;
 create function pgflow.register_flow(
     p_flow_slug text, p_shape jsonb, p_options jsonb, p_replace boolean default false
 ) returns text
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -397,7 +397,7 @@ $$;
 -- existing run id returns that run unchanged.
 create function pgflow.start_flow(flow_slug text, input jsonb, run_id uuid default null)
 returns pgflow.runs
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
@@ -477,7 +477,7 @@ $$;
 -- ignored, unfinished step states are cancelled. A finished run is returned
 -- unchanged.
 create function pgflow.cancel_run(p_run_id uuid) returns pgflow.runs
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -516,6 +516,11 @@ $$;
 -- of dependency outputs keyed by slug for a dependent single step, the
 -- element for a map task), its attempt number and effective timeout. Its
 -- lease runs until now() + timeout + p_lease_grace seconds.
+--
+-- Bitmap scans are off here: with stale statistics (a queue table changes
+-- faster than autovacuum analyzes it) the planner otherwise reads and sorts
+-- every queued task instead of walking the claimable index in order
+-- (measured: 23 ms instead of 0.4 ms with 16k queued tasks).
 create function pgflow.claim_tasks(
     p_worker_id uuid, p_flows text[], p_limit integer, p_lease_grace numeric default 30
 ) returns table (
@@ -523,8 +528,9 @@ create function pgflow.claim_tasks(
     attempt integer, timeout_ms integer, input jsonb, input_is_flow_input boolean,
     visible_at timestamptz
 )
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
+set enable_bitmapscan = off
 as $$
 #variable_conflict use_column
 begin
@@ -573,12 +579,16 @@ $$;
 -- The earliest time a queued task of these flows becomes visible (null if
 -- none): the supervisor sleeps until then instead of polling.
 create function pgflow.next_visible_at(p_flows text[]) returns timestamptz
-language plpgsql stable 
+language plpgsql stable
 set plan_cache_mode = force_generic_plan
+set enable_bitmapscan = off
 as $$
 begin
-    return (select min(visible_at) from pgflow.tasks
-            where status = 'queued' and flow_slug = any (p_flows));
+    -- order by + limit rather than min(): with the flow filter, min() would
+    -- read every queued task.
+    return (select visible_at from pgflow.tasks
+            where status = 'queued' and flow_slug = any (p_flows)
+            order by visible_at limit 1);
 end;
 $$;
 
@@ -667,7 +677,7 @@ $$;
 create function pgflow.fail_tasks(
     p_task_ids bigint[], p_attempts integer[], p_errors text[]
 ) returns table (task_id bigint, retry boolean, run_status text, run_seconds double precision)
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
@@ -737,7 +747,7 @@ $$;
 -- releases what it buffered or could not finish). Fenced like answers.
 create function pgflow.release_tasks(p_task_ids bigint[], p_attempts integer[])
 returns setof bigint
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -769,7 +779,7 @@ $$;
 create function pgflow.register_worker(
     p_worker_id uuid, p_hostname text, p_pid integer, p_flows text[]
 ) returns void
-language sql 
+language sql
 set plan_cache_mode = force_generic_plan
 as $$
     insert into pgflow.workers (worker_id, hostname, pid, flows)
@@ -785,7 +795,7 @@ $$;
 create function pgflow.heartbeat(
     p_worker_id uuid, p_task_ids bigint[], p_lease_grace numeric default 30
 ) returns integer
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -803,7 +813,7 @@ end;
 $$;
 
 create function pgflow.stop_worker(p_worker_id uuid) returns void
-language sql 
+language sql
 set plan_cache_mode = force_generic_plan
 as $$
     update pgflow.workers set stopped_at = now() where worker_id = p_worker_id;
@@ -813,7 +823,7 @@ $$;
 -- lost attempt counts: it goes through fail_tasks, so retries and backoff
 -- follow the step's policy and a late answer from that attempt is ignored.
 create function pgflow.requeue_expired(p_limit integer default 1000) returns integer
-language plpgsql 
+language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare

@@ -145,8 +145,15 @@ def claim_with_next_due(
     lease_grace: float = DEFAULT_LEASE_GRACE,
 ) -> tuple[list[ClaimedTask], float | None]:
     """Claim, then ask when the next queued task is due, in one round trip
-    (pipeline). The second answer is <= 0 when more tasks are ready now."""
-    with conn.pipeline():
+    (pipeline). The second answer is <= 0 when more tasks are ready now.
+
+    The claim commits without waiting for its WAL flush: a claim lost in a
+    crash only leaves the task queued again, and the attempt fence then
+    rejects the lost attempt's answer (at-least-once execution, as always).
+    This saves one fsync on the path from start_flow to the handler.
+    """
+    with conn.pipeline(), conn.transaction():
+        conn.execute("set local synchronous_commit = off")
         claimed = conn.execute(_CLAIM, (worker_id, list(flows), limit, lease_grace))
         due = conn.execute(_NEXT_DUE, (list(flows),))
     tasks = [ClaimedTask(*row) for row in claimed.fetchall()]

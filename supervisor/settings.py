@@ -23,7 +23,7 @@ class Settings(BaseSettings):
         description="modules collecting every top-level Flow (myapp.flows), or module:attribute"
     )
     processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
-    prefetch: int = Field(default=32, ge=0, le=1000, description="tasks claimed beyond idle executors")
+    prefetch: int = Field(default=64, ge=0, le=1000, description="tasks claimed beyond idle executors")
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
     shutdown_timeout: float = Field(default=30.0, ge=0)
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
     complete_batch: int = Field(default=200, ge=1, description="most answers written per round trip")
     flush_delay: float = Field(
-        default=0.005, ge=0,
+        default=0.01, ge=0,
         description="seconds an answer may wait to share a round trip with others while "
         "executors are busy (never when they would otherwise wait for it)",
     )

@@ -112,6 +112,9 @@ def _supervise(args: argparse.Namespace) -> int:
     except (DatabaseUnavailable, psycopg.OperationalError) as exc:
         print(f"pgflow supervise: cannot reach the database: {exc}".strip(), file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. the metrics port is taken: worth a restart, not a config error
+        print(f"pgflow supervise: {exc}", file=sys.stderr)
+        return 1
 
 
 def _migrate(database_url: str | None) -> int:

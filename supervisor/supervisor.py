@@ -117,6 +117,7 @@ class Supervisor:
                     log.info("applied migrations: %s", ", ".join(applied))
             for flow in self.flows.values():
                 log.info("flow %r: %s", flow.slug, client.register(flow))
+                self.metrics.declare_flow(flow.slug, list(flow.steps))
         self.store.connect()
         self._connect_listener()
         self.signals.install()
@@ -182,9 +183,18 @@ class Supervisor:
         log.info("supervisor %d stopped", os.getpid())
 
     def _reexec(self) -> None:
+        """Replace this process with a fresh start of the same command (same pid).
+
+        When started through a script (the `pgflow` console script), exec the
+        script itself, so its shebang picks the interpreter: a deploy that
+        switched the virtualenv behind a symlink then runs the new one.
+        """
         log.info("re-executing %s", " ".join(sys.orig_argv))
         sys.stdout.flush()
         sys.stderr.flush()
+        script = sys.orig_argv[1] if len(sys.orig_argv) > 1 else ""
+        if os.path.isfile(script) and os.access(script, os.X_OK):
+            os.execv(script, sys.orig_argv[1:])
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
     # -- signals ----------------------------------------------------------------

@@ -140,3 +140,11 @@ fanout = Flow("e2e_map")
 @fanout.map()
 def square(item, ctx):
     return item * item
+
+
+failing = Flow("e2e_fail", max_attempts=2, base_delay=0)
+
+
+@failing.step()
+def always_fails(input, ctx):
+    raise ValueError(f"bad input {input!r}")

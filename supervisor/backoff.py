@@ -23,10 +23,12 @@ class Backoff:
 class RespawnPolicy:
     """How long to wait before forking a replacement executor.
 
-    A process that dies on its own soon after it started is part of a crash
-    loop (a broken import in a handler module, no memory): replacements then
-    back off exponentially. Deaths the supervisor caused (timeouts, recycling,
-    scaling) and crashes of long-lived processes respawn at once.
+    A process that dies on its own, without a task, soon after it started is
+    part of a crash loop (it cannot even start: no memory, a broken
+    environment): replacements then back off exponentially. Deaths the
+    supervisor caused (timeouts, recycling, scaling), deaths while running a
+    task (the task's retries handle those) and deaths of long-lived processes
+    respawn at once.
     """
 
     def __init__(self, healthy_after: float = 5.0, base: float = 0.1, cap: float = 10.0) -> None:

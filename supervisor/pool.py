@@ -133,7 +133,10 @@ class Pool:
                 continue
             self._forget_fd(child)
             child.close()
-            crashed = not child.killed and child.retire_reason is None
+            # A process that died while running a task was (most likely) killed
+            # by that task, whose retries deal with it: replace it at once. One
+            # that dies on its own without a task is broken: back off.
+            crashed = not child.killed and child.retire_reason is None and child.task is None
             delay = self._policy.delay_after_exit(time.monotonic() - child.started_at, crashed)
             if delay:
                 self.respawn_at = now + delay

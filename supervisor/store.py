@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.errors
 
 from pgflow import ClaimedTask, db, worker_api
 from pgflow.worker_api import Accepted
 from supervisor.metrics import Metrics
 
 T = TypeVar("T")
+
+LOCK_TIMEOUT_MS = 10_000
+STATEMENT_TIMEOUT_MS = 60_000
 
 
 class DatabaseUnavailable(Exception):
@@ -52,7 +56,11 @@ class Store:
         """Connect and (re-)register this worker; raises DatabaseUnavailable."""
         self.close()
         try:
-            self.conn = db.connect(self._dsn, f"pgflow supervisor {self._hostname}", connect_timeout=5)
+            self.conn = db.connect(
+                self._dsn, f"pgflow supervisor {self._hostname}", connect_timeout=5,
+                # The loop must never hang on a lock someone else holds.
+                options=f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         self._call("register", lambda c: worker_api.register_worker(
@@ -71,7 +79,9 @@ class Store:
         try:
             with self._metrics.db_timer(operation):
                 return work(self.conn)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
+            # Lost connection, or a statement/lock timeout (something held a
+            # lock on our rows): either way, start over on a new connection.
             self.close()
             raise DatabaseUnavailable(str(exc)) from exc
 

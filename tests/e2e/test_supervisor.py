@@ -167,3 +167,17 @@ def test_unimportable_flow_module_stops_with_a_clear_error(dsn, start_supervisor
     supervisor = start_supervisor(dsn, flows="no_such_module_here", wait=False)
     assert supervisor.wait(15) == 78
     assert "cannot import flow module 'no_such_module_here'" in supervisor.log()
+
+
+def test_a_shape_conflict_stops_with_a_clear_error(dsn, start_supervisor):
+    from pgflow import Flow
+
+    other = Flow("e2e_noop")
+    other.step(slug="something_else")(lambda input, ctx: input)
+    with Client(dsn) as client:
+        client.register(other)
+    supervisor = start_supervisor(dsn, wait=False)
+    assert supervisor.wait(15) == 78
+    log = supervisor.log()
+    assert "Flow 'e2e_noop' is already registered with a different shape" in log
+    assert "step 'echo' is new" in log and "replace=True" in log

@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -149,7 +151,7 @@ def _database(database_url: str | None) -> Iterator[str]:
 
 
 def _demo(database_url: str | None) -> int:
-    from executor import drain
+    """Start a run of the example flow, then a real supervisor that runs it."""
     from pgflow.examples.wordcount import flow
 
     text = "the quick brown fox\njumps over\nthe lazy dog"
@@ -158,10 +160,18 @@ def _demo(database_url: str | None) -> int:
         print(f"flow {flow.slug!r}: {client.register(flow)}")
         run_id = client.start_flow(flow, text)
         _show(client, run_id, "after start_flow")
-        ran = drain(client, flow)
-        print(f"\nran {ran} tasks in this process")
-        _show(client, run_id, "after drain")
-    return 0
+        command = [sys.executable, "-m", "supervisor.cli", "supervise", "--database-url", dsn,
+                   "--flows", "pgflow.examples.wordcount", "--processes", "2",
+                   "--metrics-port", "0", "--log-level", "WARNING"]
+        print("\nstarting: pgflow supervise --flows pgflow.examples.wordcount --processes 2")
+        supervisor = subprocess.Popen(command)
+        try:
+            run = client.wait(run_id, timeout=60)
+        finally:
+            supervisor.send_signal(signal.SIGTERM)  # drain and stop
+            supervisor.wait(60)
+        _show(client, run.run_id, "after the supervisor ran it")
+    return 0 if run.status == "completed" else 1
 
 
 def _show(client: Client, run_id: object, when: str) -> None:

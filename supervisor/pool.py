@@ -151,6 +151,7 @@ class Pool:
     def stop_all(self, timeout: float) -> None:
         """Close every process's socket, wait up to `timeout`, then SIGKILL the rest."""
         for child in list(self.children.values()):
+            child.retire_reason = child.retire_reason or "shutdown"
             self._forget_fd(child)
             child.close()
         deadline = time.monotonic() + timeout

@@ -62,9 +62,8 @@ class Client:
     def connection(self) -> psycopg.Connection:
         """The live connection, (re)opened if needed."""
         with self._lock:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
-                    self._conn.close()
+            if not db.is_live(self._conn):
+                db.close_quietly(self._conn)
                 self._conn = db.connect(self.dsn, self.application_name)
             return self._conn
 

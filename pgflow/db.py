@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -50,3 +52,15 @@ def engine_error(exc: psycopg.Error) -> PgflowError | None:
     if diag.message_hint:
         message = f"{message}. {diag.message_hint}"
     return kind(message)
+
+
+def is_live(conn: psycopg.Connection | None) -> bool:
+    """Open and not broken (a lost server makes a connection broken, not closed)."""
+    return conn is not None and not conn.closed and not conn.broken
+
+
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may already be dead."""
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()

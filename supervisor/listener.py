@@ -6,8 +6,6 @@ connection does nothing but listen, so reading it never blocks the loop.
 
 from __future__ import annotations
 
-import contextlib
-
 import psycopg
 
 from pgflow import db
@@ -24,7 +22,7 @@ class Listener:
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None and not self.conn.closed and not self.conn.broken
+        return db.is_live(self.conn)
 
     def connect(self) -> None:
         """Open the connection and LISTEN (raises psycopg.OperationalError)."""
@@ -50,7 +48,5 @@ class Listener:
         return relevant
 
     def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
+        db.close_quietly(self.conn)
+        self.conn = None

@@ -7,7 +7,6 @@ reconnects with backoff (the attempt fence makes writing late answers safe).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -50,7 +49,7 @@ class Store:
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None and not self.conn.closed and not self.conn.broken
+        return db.is_live(self.conn)
 
     def connect(self) -> None:
         """Connect and (re-)register this worker; raises DatabaseUnavailable."""
@@ -67,10 +66,8 @@ class Store:
             c, self.worker_id, self._hostname, os.getpid(), self.flows))
 
     def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
+        db.close_quietly(self.conn)
+        self.conn = None
 
     def _call(self, operation: str, work: Callable[[psycopg.Connection], T]) -> T:
         if not self.connected:

@@ -8,6 +8,7 @@ incrementally, so frames of any size move without deadlock.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import os
@@ -32,9 +33,12 @@ class ExecutorProcess:
         self.sock = sock
         self.fd = sock.fileno()
         self.started_at = time.monotonic()
-        self.task: ClaimedTask | None = None
-        self.dispatched_at = 0.0
+        # Tasks sent and not yet answered, in order: the first one runs, the
+        # others wait in the socket (only with an executor depth above one).
+        self.tasks: collections.deque[ClaimedTask] = collections.deque()
+        self.running_since = 0.0  # when the first task started
         self.deadline: float | None = None
+        self._kill_grace = 0.0
         self.tasks_done = 0
         # Set when this process must not take another task: "recycle",
         # "scale", "timeout" (then it is killed), "shutdown".
@@ -45,23 +49,39 @@ class ExecutorProcess:
         self._out = bytearray()
 
     def __repr__(self) -> str:
-        return f"<executor pid={self.pid} task={self.task.task_id if self.task else None}>"
+        return f"<executor pid={self.pid} tasks={[t.task_id for t in self.tasks]}>"
+
+    @property
+    def task(self) -> ClaimedTask | None:
+        """The task running now."""
+        return self.tasks[0] if self.tasks else None
 
     @property
     def idle(self) -> bool:
-        return self.task is None and self.retire_reason is None and not self.eof
+        return not self.tasks and self.retire_reason is None and not self.eof
+
+    def free_slots(self, depth: int) -> int:
+        if self.retire_reason is not None or self.eof or self.killed:
+            return 0
+        return max(depth - len(self.tasks), 0)
 
     @property
     def wants_write(self) -> bool:
         return bool(self._out)
 
     def send(self, task: ClaimedTask, now: float, kill_grace: float) -> None:
-        """Hand `task` to this process; its deadline starts now."""
-        self.task = task
-        self.dispatched_at = now
-        self.deadline = now + task.timeout_ms / 1000 + kill_grace
+        """Hand `task` to this process; its deadline starts when it starts running."""
+        self._kill_grace = kill_grace
+        self.tasks.append(task)
+        if len(self.tasks) == 1:
+            self._start_head(now)
         self._out += frames.encode({"task": task.to_wire()})
         self.flush()
+
+    def _start_head(self, now: float) -> None:
+        head = self.tasks[0]
+        self.running_since = now
+        self.deadline = now + head.timeout_ms / 1000 + self._kill_grace
 
     def flush(self) -> None:
         """Write what the socket takes now; the rest waits for writability."""
@@ -91,11 +111,25 @@ class ExecutorProcess:
                 return answers
             answers.extend(self._decoder.feed(data))
 
-    def finish_task(self) -> ClaimedTask | None:
-        task, self.task, self.deadline = self.task, None, None
-        if task is not None:
-            self.tasks_done += 1
+    def finish_task(self, now: float) -> ClaimedTask | None:
+        """The running task is over; the next one sent (if any) starts now."""
+        if not self.tasks:
+            return None
+        task = self.tasks.popleft()
+        self.tasks_done += 1
+        self.deadline = None
+        if self.tasks:
+            self._start_head(now)
         return task
+
+    def take_unstarted(self) -> list[ClaimedTask]:
+        """Tasks sent but not started (the process is going away): they go
+        back to the supervisor's buffer."""
+        waiting = []
+        while len(self.tasks) > 1:
+            waiting.append(self.tasks.pop())
+        waiting.reverse()
+        return waiting
 
     def kill(self) -> None:
         if not self.killed:

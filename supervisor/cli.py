@@ -28,6 +28,7 @@ SUPERVISE_OPTIONS: dict[str, tuple[type, str]] = {
     "flows": (str, "comma-separated flow modules (myapp.flows) or module:attribute"),
     "processes": (int, "executor processes (default: CPU count)"),
     "prefetch": (int, "tasks claimed beyond idle executors (default 8)"),
+    "executor_depth": (int, "tasks queued per executor (default 1; more suits tiny tasks)"),
     "max_tasks_per_child": (int, "recycle an executor after this many tasks (0: never)"),
     "max_memory_per_child": (int, "recycle an executor above this peak RSS in MiB (0: never)"),
     "shutdown_timeout": (float, "seconds a drain waits for running tasks (default 30)"),

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     )
     processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     prefetch: int = Field(default=64, ge=0, le=1000, description="tasks claimed beyond idle executors")
+    executor_depth: int = Field(
+        default=1, ge=1, le=1000,
+        description="tasks sent to an executor at once; above 1, short tasks queue behind "
+        "the running one (throughput for tiny tasks, at the cost of head-of-line waits)",
+    )
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
     shutdown_timeout: float = Field(default=30.0, ge=0)

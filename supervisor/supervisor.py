@@ -227,10 +227,10 @@ class Supervisor:
         """Kill busy executors and give their tasks back without charging an attempt."""
         released = []
         for child in self.pool.busy():
-            task = child.finish_task()
+            released += [(t.task_id, t.attempt) for t in child.tasks]
+            child.tasks.clear()
+            child.deadline = None
             self.pool.kill(child, "shutdown")
-            if task is not None:
-                released.append((task.task_id, task.attempt))
         if released:
             log.warning("%s: releasing %d running tasks", why, len(released))
             self._release(released)
@@ -258,13 +258,14 @@ class Supervisor:
     # -- children -----------------------------------------------------------------
 
     def _on_answers(self, child: ExecutorProcess, answers: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
         if not (self.oks or self.errors):
-            self.first_answer_at = time.monotonic()
+            self.first_answer_at = now
         for answer in answers:
             task = child.task
             if task is None or answer.get("task_id") != task.task_id:
                 continue  # from a task already failed at its deadline
-            child.finish_task()
+            child.finish_task(now)
             if answer.get("ok"):
                 self.oks.append((task.task_id, task.attempt, answer.get("output")))
                 outcome = "success"
@@ -278,8 +279,7 @@ class Supervisor:
         s = self.settings
         rss_mib = int(answer.get("max_rss_kb") or 0) / 1024
         if outcome == "timeout":
-            self.pool.kill(child, "timeout")  # its state after an interrupted handler is unknown
-            self.metrics.executor_restarted("timeout")
+            self._kill(child, "timeout")  # its state after an interrupted handler is unknown
         elif s.max_tasks_per_child and child.tasks_done >= s.max_tasks_per_child:
             self.pool.retire(child, "recycle")
             self.metrics.executor_restarted("recycle")
@@ -291,31 +291,46 @@ class Supervisor:
         else:
             self.pool.task_done(child)
 
+    def _kill(self, child: ExecutorProcess, reason: str) -> None:
+        """Kill an executor; tasks it had not started yet go back to the buffer."""
+        self._rebuffer(child.take_unstarted())
+        self.pool.kill(child, reason)
+        self.metrics.executor_restarted(reason)  # type: ignore[arg-type]
+
+    def _rebuffer(self, tasks: list[ClaimedTask]) -> None:
+        if self.stopping:
+            self._release([(t.task_id, t.attempt) for t in tasks])
+        else:
+            now = time.monotonic()
+            self.buffer.extendleft((task, now) for task in reversed(tasks))
+
     def _enforce_deadlines(self, now: float) -> None:
         for child in self.pool.busy():
             if child.deadline is not None and now >= child.deadline and not child.killed:
-                task = child.finish_task()
+                started = child.running_since
+                self._kill(child, "timeout")
+                task = child.finish_task(now)
                 assert task is not None
-                self.pool.kill(child, "timeout")
-                self.metrics.executor_restarted("timeout")
                 log.warning("task %d (%s/%s) overran %dms: killed executor %d", task.task_id,
                             task.flow_slug, task.step_slug, task.timeout_ms, child.pid)
                 self.errors.append((task.task_id, task.attempt,
                                     f"Task timed out after {task.timeout_ms}ms"))
-                self.answered[task.task_id] = (task, "timeout", now - child.dispatched_at)
+                self.answered[task.task_id] = (task, "timeout", now - started)
 
     def _reap(self, now: float) -> None:
         for child, how in self.pool.reap(now):
-            task = child.finish_task()
             crashed = not child.killed and child.retire_reason is None
             if crashed:
                 self.metrics.executor_restarted("crash")
+            self._rebuffer(child.take_unstarted())
+            started = child.running_since
+            task = child.finish_task(now)
             if task is not None:
                 message = f"Executor process {child.pid} {how} while running this task"
                 log.warning("task %d (%s/%s): %s", task.task_id, task.flow_slug, task.step_slug,
                             message)
                 self.errors.append((task.task_id, task.attempt, message))
-                self.answered[task.task_id] = (task, "crash", now - child.dispatched_at)
+                self.answered[task.task_id] = (task, "crash", now - started)
 
     # -- database -------------------------------------------------------------------
 
@@ -324,7 +339,7 @@ class Supervisor:
             return
         if not self._claim_wanted():
             return  # still dirty: claim again when the buffer runs low
-        want = len(self.pool.idle()) + self.settings.prefetch - len(self.buffer)
+        want = self._free_slots() + self.settings.prefetch - len(self.buffer)
         try:
             tasks, next_due = self.store.claim(want)
         except DatabaseUnavailable as exc:
@@ -343,15 +358,24 @@ class Supervisor:
         else:
             self.next_due = now + CONTENDED_RETRY  # ready but locked by another claimer
 
+    def _free_slots(self) -> int:
+        depth = self.settings.executor_depth
+        return sum(child.free_slots(depth) for child in self.pool.serving())
+
     def _claim_wanted(self) -> bool:
-        """Claim in batches: when idle executors would otherwise wait, or when
-        the prefetch buffer is down to half."""
+        """Claim in batches: when executors would otherwise wait, or when the
+        prefetch buffer is down to half."""
         buffered = len(self.buffer)
-        return len(self.pool.idle()) > buffered or buffered <= self.settings.prefetch // 2
+        return self._free_slots() > buffered or buffered <= self.settings.prefetch // 2
 
     def _dispatch(self, now: float) -> None:
-        for child in self.pool.idle():
-            if not self.buffer:
+        """Hand buffered tasks to the executors with the most free slots
+        (with the default depth of one: to idle executors)."""
+        depth = self.settings.executor_depth
+        while self.buffer:
+            slots, child = max(((c.free_slots(depth), c) for c in self.pool.serving()),
+                               key=lambda pair: pair[0], default=(0, None))
+            if not slots or child is None:
                 return
             task, claimed_at = self.buffer.popleft()
             self.metrics.task_started(task.flow_slug, task.step_slug, task.waited_s + now - claimed_at)
@@ -407,8 +431,8 @@ class Supervisor:
             self.metrics.late_answers_ignored(late)
 
     def _held_task_ids(self) -> list[int]:
-        running = [c.task.task_id for c in self.pool.busy() if c.task is not None]
-        return running + [t.task_id for t, _ in self.buffer] + list(self.answered)
+        sent = [t.task_id for c in self.pool.children.values() for t in c.tasks]
+        return sent + [t.task_id for t, _ in self.buffer] + list(self.answered)
 
     def _database_lost(self, exc: BaseException) -> None:
         if self.store.connected or self.listener.connected or self.next_reconnect == 0.0:
@@ -504,7 +528,7 @@ class Supervisor:
         return min(candidates)
 
     def _update_gauges(self) -> None:
-        idle = len(self.pool.idle())
-        busy = len(self.pool.busy())
-        self.metrics.set_executors(idle, busy)
-        self.metrics.set_in_flight(busy, len(self.buffer))
+        busy = self.pool.busy()
+        self.metrics.set_executors(len(self.pool.idle()), len(busy))
+        waiting_in_executors = sum(len(c.tasks) - 1 for c in busy)
+        self.metrics.set_in_flight(len(busy), len(self.buffer) + waiting_in_executors)

@@ -181,3 +181,16 @@ def test_a_shape_conflict_stops_with_a_clear_error(dsn, start_supervisor):
     log = supervisor.log()
     assert "Flow 'e2e_noop' is already registered with a different shape" in log
     assert "step 'echo' is new" in log and "replace=True" in log
+
+
+def test_tasks_queued_behind_a_killed_task_run_elsewhere(dsn, start_supervisor, tmp_path):
+    start_supervisor(dsn, "--executor-depth", "4", processes=1)
+    with Client(dsn) as client:
+        stuck = client.start_flow("e2e_sleepy", {"seconds": 60})
+        time.sleep(0.2)  # the sleeper is running; the next ones queue behind it
+        quick = [client.start_flow("e2e_noop", i) for i in range(3)]
+        assert client.wait(stuck, timeout=10).error == "Task timed out after 1000ms"
+        runs = [client.wait(run_id, timeout=10) for run_id in quick]
+    assert [r.output for r in runs] == [{"echo": i} for i in range(3)]
+    attempts = query(dsn, "select max(attempt) from pgflow.tasks where flow_slug = 'e2e_noop'")
+    assert attempts == [(1,)], "tasks that never started were not charged an attempt"

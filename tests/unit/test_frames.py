@@ -123,3 +123,12 @@ def test_an_unencodable_object_fails_before_anything_is_written() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_claimed_task_round_trips_through_the_wire_format():
+    import uuid
+
+    from pgflow.task import ClaimedTask
+
+    task = ClaimedTask(7, uuid.uuid4(), "f", "s", 2, 3, 1500, {"a": [1]}, True, 0.25)
+    assert ClaimedTask.from_wire(FrameDecoder().feed(frames.encode(task.to_wire()))[0]) == task

@@ -163,7 +163,8 @@ class Supervisor:
         return not (self.stopping and self._stopped(now))
 
     def stop(self) -> None:
-        self.notifier.stopping()
+        if self.stopping != "reload":  # a reload says RELOADING=1, then READY=1 after exec
+            self.notifier.stopping()
         self._release_buffered()
         self.pool.stop_all(timeout=5.0)
         self._reap(time.monotonic())

@@ -62,10 +62,11 @@ class Client:
     def connection(self) -> psycopg.Connection:
         """The live connection, (re)opened if needed."""
         with self._lock:
-            if not db.is_live(self._conn):
-                db.close_quietly(self._conn)
-                self._conn = db.connect(self.dsn, self.application_name)
-            return self._conn
+            conn = self._conn
+            if conn is None or not db.is_live(conn):
+                db.close_quietly(conn)
+                conn = self._conn = db.connect(self.dsn, self.application_name)
+            return conn
 
     def _call(self, operation: Callable[[psycopg.Connection], T]) -> T:
         with self._lock:

@@ -30,7 +30,7 @@ from supervisor.backoff import Backoff
 from supervisor.children import ExecutorProcess, fork_executor
 from supervisor.http import HttpEndpoint
 from supervisor.listener import Listener
-from supervisor.metrics import Metrics
+from supervisor.metrics import Metrics, Outcome
 from supervisor.pool import Pool
 from supervisor.sdnotify import Notifier
 from supervisor.settings import Settings
@@ -65,7 +65,7 @@ class Supervisor:
         self.buffer: collections.deque[tuple[ClaimedTask, float]] = collections.deque()
         self.oks: list[tuple[int, int, Any]] = []
         self.errors: list[tuple[int, int, str]] = []
-        self.answered: dict[int, tuple[ClaimedTask, str, float]] = {}
+        self.answered: dict[int, tuple[ClaimedTask, Outcome, float]] = {}
         self.first_answer_at = 0.0  # when the oldest unwritten answer arrived
         self.dirty = True  # poll once at start
         self.stopping: str | None = None  # "drain", "reload" or "fast"
@@ -267,6 +267,7 @@ class Supervisor:
             if task is None or answer.get("task_id") != task.task_id:
                 continue  # from a task already failed at its deadline
             child.finish_task(now)
+            outcome: Outcome
             if answer.get("ok"):
                 self.oks.append((task.task_id, task.attempt, answer.get("output")))
                 outcome = "success"
@@ -276,7 +277,7 @@ class Supervisor:
             self.answered[task.task_id] = (task, outcome, float(answer.get("duration_s", 0.0)))
             self._after_task(child, answer, outcome)
 
-    def _after_task(self, child: ExecutorProcess, answer: dict[str, Any], outcome: str) -> None:
+    def _after_task(self, child: ExecutorProcess, answer: dict[str, Any], outcome: Outcome) -> None:
         s = self.settings
         rss_mib = int(answer.get("max_rss_kb") or 0) / 1024
         if outcome == "timeout":

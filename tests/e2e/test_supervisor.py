@@ -186,3 +186,17 @@ def test_tasks_queued_behind_a_killed_task_run_elsewhere(dsn, start_supervisor, 
     assert [r.output for r in runs] == [{"echo": i} for i in range(3)]
     attempts = query(dsn, "select max(attempt) from pgflow.tasks where flow_slug = 'e2e_noop'")
     assert attempts == [(1,)], "tasks that never started were not charged an attempt"
+
+
+@pytest.mark.parametrize("limit, tasks_per_process", [
+    (["--max-tasks-per-child", "2"], 2),
+    (["--max-memory-per-child", "1"], 1),  # every executor is above 1 MiB after a task
+])
+def test_executors_are_recycled(dsn, start_supervisor, limit, tasks_per_process):
+    start_supervisor(dsn, *limit, processes=1)
+    with Client(dsn) as client:
+        runs = [client.wait(client.start_flow("e2e_slow", {"seconds": 0.01}), timeout=10)
+                for _ in range(6)]
+    pids = [run.output["work"]["pid"] for run in runs]
+    assert len(set(pids)) == 6 // tasks_per_process, pids
+    assert all(run.output["work"]["attempt"] == 1 for run in runs)

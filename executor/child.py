@@ -101,6 +101,11 @@ def serve(read_fd: int, write_fd: int, flows: Mapping[str, Flow], dsn: str | Non
                 data = frames.encode(_error_answer(answer, f"Answer could not be encoded: "
                                                            f"{serialize_error(exc)}"))
             frames.write_all(write_fd, data)
+            if answer.get("timed_out"):
+                # An interrupted handler may have left this process in any
+                # state: take no further task (the parent replaces us, and
+                # tasks still queued in the pipe were never started).
+                return
     except BrokenPipeError:
         return  # the parent is gone; nobody is left to answer
     finally:

@@ -122,6 +122,14 @@ class ExecutorProcess:
             self._start_head(now)
         return task
 
+    def take_all(self) -> list[ClaimedTask]:
+        """Every task sent and not answered, none of them started (after a
+        soft timeout the executor reads no further task)."""
+        waiting = list(self.tasks)
+        self.tasks.clear()
+        self.deadline = None
+        return waiting
+
     def take_unstarted(self) -> list[ClaimedTask]:
         """Tasks sent but not started (the process is going away): they go
         back to the supervisor's buffer."""

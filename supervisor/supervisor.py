@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import pgflow
 from pgflow import ClaimedTask, Client, Flow
+from supervisor.answers import PendingAnswers
 from supervisor.backoff import Backoff
 from supervisor.children import ExecutorProcess, fork_executor
 from supervisor.http import HttpEndpoint
@@ -63,10 +64,7 @@ class Supervisor:
 
         # Claimed tasks waiting for an idle executor, with when they were claimed.
         self.buffer: collections.deque[tuple[ClaimedTask, float]] = collections.deque()
-        self.oks: list[tuple[int, int, Any]] = []
-        self.errors: list[tuple[int, int, str]] = []
-        self.answered: dict[int, tuple[ClaimedTask, Outcome, float]] = {}
-        self.first_answer_at = 0.0  # when the oldest unwritten answer arrived
+        self.answers = PendingAnswers(self.metrics, settings.complete_batch)
         self.dirty = True  # poll once at start
         self.stopping: str | None = None  # "drain", "reload" or "fast"
         self.stop_deadline = 0.0
@@ -169,9 +167,9 @@ class Supervisor:
         self.pool.stop_all(timeout=5.0)
         self._reap(time.monotonic())
         self._flush_answers()
-        if self.oks or self.errors:
+        if self.answers:
             log.warning("%d answers could not be written; their leases will expire and the tasks "
-                        "will run again", len(self.oks) + len(self.errors))
+                        "will run again", len(self.answers))
         with contextlib.suppress(DatabaseUnavailable):
             self.store.stop_worker()
         self.store.close()
@@ -260,28 +258,29 @@ class Supervisor:
 
     def _on_answers(self, child: ExecutorProcess, answers: list[dict[str, Any]]) -> None:
         now = time.monotonic()
-        if not (self.oks or self.errors):
-            self.first_answer_at = now
         for answer in answers:
             task = child.task
             if task is None or answer.get("task_id") != task.task_id:
                 continue  # from a task already failed at its deadline
             child.finish_task(now)
             outcome: Outcome
+            duration = float(answer.get("duration_s", 0.0))
             if answer.get("ok"):
-                self.oks.append((task.task_id, task.attempt, answer.get("output")))
                 outcome = "success"
+                self.answers.succeeded(task, answer.get("output"), duration)
             else:
-                self.errors.append((task.task_id, task.attempt, str(answer.get("error"))))
                 outcome = "timeout" if answer.get("timed_out") else "error"
-            self.answered[task.task_id] = (task, outcome, float(answer.get("duration_s", 0.0)))
+                self.answers.failed(task, str(answer.get("error")), outcome, duration)
             self._after_task(child, answer, outcome)
 
     def _after_task(self, child: ExecutorProcess, answer: dict[str, Any], outcome: Outcome) -> None:
         s = self.settings
         rss_mib = int(answer.get("max_rss_kb") or 0) / 1024
         if outcome == "timeout":
-            self._kill(child, "timeout")  # its state after an interrupted handler is unknown
+            # Its state after an interrupted handler is unknown; it has stopped
+            # reading tasks, so the ones queued behind go back unharmed.
+            self._rebuffer(child.take_all())
+            self._kill(child, "timeout")
         elif s.max_tasks_per_child and child.tasks_done >= s.max_tasks_per_child:
             self.pool.retire(child, "recycle")
             self.metrics.executor_restarted("recycle")
@@ -315,9 +314,8 @@ class Supervisor:
                 assert task is not None
                 log.warning("task %d (%s/%s) overran %dms: killed executor %d", task.task_id,
                             task.flow_slug, task.step_slug, task.timeout_ms, child.pid)
-                self.errors.append((task.task_id, task.attempt,
-                                    f"Task timed out after {task.timeout_ms}ms"))
-                self.answered[task.task_id] = (task, "timeout", now - started)
+                self.answers.failed(task, f"Task timed out after {task.timeout_ms}ms", "timeout",
+                                    now - started)
 
     def _reap(self, now: float) -> None:
         for child, how in self.pool.reap(now):
@@ -331,8 +329,7 @@ class Supervisor:
                 message = f"Executor process {child.pid} {how} while running this task"
                 log.warning("task %d (%s/%s): %s", task.task_id, task.flow_slug, task.step_slug,
                             message)
-                self.errors.append((task.task_id, task.attempt, message))
-                self.answered[task.task_id] = (task, "crash", now - started)
+                self.answers.failed(task, message, "crash", now - started)
 
     # -- database -------------------------------------------------------------------
 
@@ -392,49 +389,27 @@ class Supervisor:
         Once the buffer is empty the written answers are what readies more
         work (dependent steps), so they go at once; so do full batches.
         """
-        pending = len(self.oks) + len(self.errors)
+        pending = len(self.answers)
         if not pending or not self.store.connected:
             return False
         return (
             pending >= self.settings.complete_batch
             or not self.buffer
             or self.stopping is not None
-            or now - self.first_answer_at >= self.settings.flush_delay
+            or now - self.answers.oldest_at >= self.settings.flush_delay
         )
 
     def _flush_answers(self) -> None:
-        batch = self.settings.complete_batch
-        while (self.oks or self.errors) and self.store.connected:
-            oks, errors = self.oks[:batch], self.errors[:batch]
-            try:
-                accepted = self.store.complete(oks) if oks else {}
-                del self.oks[: len(oks)]
-                accepted.update(self.store.fail(errors) if errors else {})
-                del self.errors[: len(errors)]
-            except DatabaseUnavailable as exc:
-                self._database_lost(exc)
-                return
-            self._record_outcomes([a[0] for a in oks + errors], accepted)
-
-    def _record_outcomes(self, task_ids: list[int], accepted: dict[int, Any]) -> None:
-        late = 0
-        for task_id in task_ids:
-            task, outcome, duration = self.answered.pop(task_id)
-            report = accepted.get(task_id)
-            if report is None:
-                late += 1
-                continue
-            self.metrics.task_finished(task.flow_slug, task.step_slug, outcome, duration)
-            if report.retry:
-                self.metrics.task_retried(task.flow_slug, task.step_slug)
-            if report.run_status:
-                self.metrics.run_finished(task.flow_slug, report.run_status, report.run_seconds or 0.0)
-        if late:
-            self.metrics.late_answers_ignored(late)
+        if not self.answers or not self.store.connected:
+            return
+        try:
+            self.answers.write(self.store)
+        except DatabaseUnavailable as exc:
+            self._database_lost(exc)
 
     def _held_task_ids(self) -> list[int]:
         sent = [t.task_id for c in self.pool.children.values() for t in c.tasks]
-        return sent + [t.task_id for t, _ in self.buffer] + list(self.answered)
+        return sent + [t.task_id for t, _ in self.buffer] + list(self.answers.tasks)
 
     def _database_lost(self, exc: BaseException) -> None:
         if self.store.connected or self.listener.connected or self.next_reconnect == 0.0:
@@ -514,8 +489,8 @@ class Supervisor:
             if self._flush_due(now) or (self.dirty and not self.stopping and self._claim_wanted()):
                 return now
             candidates = [self.next_poll, self.next_heartbeat, self.next_queue_stats]
-            if self.oks or self.errors:
-                candidates.append(self.first_answer_at + self.settings.flush_delay)
+            if self.answers:
+                candidates.append(self.answers.oldest_at + self.settings.flush_delay)
             if self.next_due is not None:
                 candidates.append(self.next_due)
         else:

@@ -160,10 +160,16 @@ def test_unencodable_output_answers_an_error() -> None:
     assert answer["ok"] is False and "not JSON-serializable" in answer["error"]
 
 
-def test_a_handler_past_its_timeout_answers_timed_out() -> None:
+def test_a_handler_past_its_timeout_answers_timed_out_and_the_child_stops() -> None:
     with forked_child() as worker:
         started = time.monotonic()
-        answer = worker.ask(request("nap", timeout_ms=200))
+        # A second task is already queued behind the one that overruns.
+        frames.write_frame(worker.to_child, request("nap", timeout_ms=200))
+        frames.write_frame(worker.to_child, request("where", 1, task_id=2))
+        answer = frames.read_frame(worker.from_child)
+        assert frames.read_frame(worker.from_child) is None, "no answer for the queued task"
+        assert os.waitstatus_to_exitcode(wait_for_exit(worker.pid, 5)) == 0
+        worker.pid = 0
     assert time.monotonic() - started < 5
     assert answer["ok"] is False and answer["timed_out"] is True
     assert answer["error"] == "Task timed out after 200ms"

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -130,11 +129,6 @@ def seconds_until_next_task(conn: psycopg.Connection, flows: Sequence[str]) -> f
     measured on the database clock; None when nothing is queued."""
     row = conn.execute(_NEXT_DUE, (list(flows),)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
-
-
-def encode_output(output: Any) -> orjson.Fragment:
-    """Pre-encode an output so it crosses to Postgres without a second encoding."""
-    return orjson.Fragment(orjson.dumps(output))
 
 
 def claim_with_next_due(

@@ -101,19 +101,6 @@ class HttpEndpoint:
             self._listener.close()
             self._listener = None
 
-    def close_after_fork(self) -> None:
-        """In a forked child: close the inherited sockets without touching the selector.
-
-        The child's epoll descriptor is the parent's: unregistering there would
-        remove the parent's registrations too.
-        """
-        for sock in [*self._connections, *([self._listener] if self._listener else [])]:
-            sock.close()
-        self._connections.clear()
-        self._listener, self._selector = None, None
-
-    # -- events ----------------------------------------------------------
-
     def _on_accept(self, mask: int) -> None:
         if self._listener is None:  # closed earlier in this round of events
             return

@@ -21,14 +21,13 @@ import time
 import uuid
 from typing import Any
 
-import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import pgflow
 from pgflow import ClaimedTask, Client, Flow
 from supervisor.answers import PendingAnswers
-from supervisor.backoff import Backoff
 from supervisor.children import ExecutorProcess, fork_executor
+from supervisor.database import Database
 from supervisor.http import HttpEndpoint
 from supervisor.listener import Listener
 from supervisor.metrics import Metrics, Outcome
@@ -54,13 +53,12 @@ class Supervisor:
         self.metrics = Metrics(info=self._info())
         self.store = Store(settings.database_url, self.worker_id, list(flows), settings.hostname,
                            settings.lease_grace, self.metrics)
-        self.listener = Listener(settings.database_url, set(flows),
-                                 f"pgflow listener {settings.hostname}")
+        listener = Listener(settings.database_url, set(flows), f"pgflow listener {settings.hostname}")
+        self.db = Database(self.store, listener, self.selector, self.metrics, self._notified)
         self.signals = SignalQueue()
         self.pool = Pool(settings.processes, self._fork, self.selector, self._on_answers)
         self.notifier = Notifier.from_environment()
         self.http: HttpEndpoint | None = None
-        self.listener_fd = -1
 
         # Claimed tasks waiting for an idle executor, with when they were claimed.
         self.buffer: collections.deque[tuple[ClaimedTask, float]] = collections.deque()
@@ -74,8 +72,6 @@ class Supervisor:
         self.next_poll = now + settings.poll_interval
         self.next_due: float | None = None
         self.next_queue_stats = now
-        self.next_reconnect = 0.0
-        self.reconnect_backoff = Backoff(0.2, 10.0)
         watchdog = self.notifier.watchdog_interval()
         self.watchdog_interval = watchdog
         self.next_watchdog = now if watchdog else None
@@ -116,8 +112,7 @@ class Supervisor:
             for flow in self.flows.values():
                 log.info("flow %r: %s", flow.slug, client.register(flow))
                 self.metrics.declare_flow(flow.slug, list(flow.steps))
-        self.store.connect()
-        self._connect_listener()
+        self.db.connect()
         self.signals.install()
         self.signals.register(self.selector)
         if s.metrics_port:
@@ -129,14 +124,13 @@ class Supervisor:
             self.http.start()
             self.http.register(self.selector)
         self.pool.fill(time.monotonic())
-        self.metrics.set_database_connected(True)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
                  ", ".join(self.flows), s.processes, self.worker_id,
                  f", metrics on {s.metrics_host}:{self.http.port}" if self.http else "")
         self.notifier.ready(f"serving {len(self.flows)} flows with {s.processes} executors")
 
     def _readyz(self) -> tuple[int, str, bytes]:
-        ready = self.store.connected and self.listener.connected and bool(self.pool.serving())
+        ready = self.db.ready and bool(self.pool.serving())
         return (200, "text/plain", b"ready\n") if ready else (503, "text/plain", b"not ready\n")
 
     def tick(self) -> bool:
@@ -172,8 +166,7 @@ class Supervisor:
                         "will run again", len(self.answers))
         with contextlib.suppress(DatabaseUnavailable):
             self.store.stop_worker()
-        self.store.close()
-        self.listener.close()
+        self.db.close()
         if self.http:
             self.http.close()
         self.signals.uninstall()
@@ -342,7 +335,7 @@ class Supervisor:
         try:
             tasks, next_due = self.store.claim(want)
         except DatabaseUnavailable as exc:
-            self._database_lost(exc)
+            self.db.lost(exc)
             return
         self.dirty = False
         self.buffer.extend((task, now) for task in tasks)
@@ -405,60 +398,23 @@ class Supervisor:
         try:
             self.answers.write(self.store)
         except DatabaseUnavailable as exc:
-            self._database_lost(exc)
+            self.db.lost(exc)
 
     def _held_task_ids(self) -> list[int]:
         sent = [t.task_id for c in self.pool.children.values() for t in c.tasks]
         return sent + [t.task_id for t, _ in self.buffer] + list(self.answers.tasks)
 
-    def _database_lost(self, exc: BaseException) -> None:
-        if self.store.connected or self.listener.connected or self.next_reconnect == 0.0:
-            log.warning("database connection lost: %s", str(exc).strip() or type(exc).__name__)
-        self._forget_listener()
-        self.store.close()
-        self.metrics.set_database_connected(False)
-        self.next_reconnect = time.monotonic() + self.reconnect_backoff.next_delay()
-
-    def _reconnect(self) -> None:
-        try:
-            self.store.connect()
-            self._connect_listener()
-        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-            self._database_lost(exc)
-            return
-        log.info("database connection restored")
-        self.reconnect_backoff.reset()
-        self.next_reconnect = 0.0
-        self.metrics.set_database_connected(True)
-        self.dirty = True  # notifications may have been lost: poll once
-
-    def _connect_listener(self) -> None:
-        self.listener.connect()
-        self.listener_fd = self.listener.fileno()
-        self.selector.register(self.listener_fd, selectors.EVENT_READ, self._on_notify)
-
-    def _forget_listener(self) -> None:
-        # The fd we registered: a broken connection no longer reports it.
-        if self.listener_fd >= 0 and self.listener_fd in self.selector.get_map():
-            self.selector.unregister(self.listener_fd)
-        self.listener_fd = -1
-        self.listener.close()
-
-    def _on_notify(self, mask: int) -> None:
-        try:
-            if self.listener.drain():
-                self.dirty = True
-                self.metrics.wakeup("notification")
-        except psycopg.OperationalError as exc:
-            self._database_lost(exc)
+    def _notified(self) -> None:
+        self.dirty = True
+        self.metrics.wakeup("notification")
 
     # -- timers -------------------------------------------------------------------------
 
     def _run_timers(self, now: float) -> None:
         s = self.settings
         if not self.store.connected:
-            if now >= self.next_reconnect:
-                self._reconnect()
+            if now >= self.db.next_reconnect and self.db.reconnect():
+                self.dirty = True  # notifications may have been lost: poll once
             return
         if now >= self.next_poll:
             self.next_poll = now + s.poll_interval
@@ -477,7 +433,7 @@ class Supervisor:
                 self.next_queue_stats = now + s.queue_stats_interval
                 self.metrics.set_queue(self.store.queue_stats())
         except DatabaseUnavailable as exc:
-            self._database_lost(exc)
+            self.db.lost(exc)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.notifier.watchdog()
             self.next_watchdog = now + (self.watchdog_interval or 1.0)
@@ -494,7 +450,7 @@ class Supervisor:
             if self.next_due is not None:
                 candidates.append(self.next_due)
         else:
-            candidates = [self.next_reconnect]
+            candidates = [self.db.next_reconnect]
         candidates += [c.deadline for c in self.pool.busy() if c.deadline is not None]
         if len(self.pool.serving()) < self.pool.size:
             candidates.append(self.pool.respawn_at)

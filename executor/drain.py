@@ -57,9 +57,9 @@ def drain(
                 result = execute(by_slug[task.flow_slug], task, conn, timeout=task.timeout_ms)
                 match result:
                     case Ok(output):
-                        worker_api.complete(conn, [(task.task_id, task.attempt, output)])
+                        worker_api.complete(conn, [(task.task_id, task.token, output)])
                     case Err(message):
-                        worker_api.fail(conn, [(task.task_id, task.attempt, message)])
+                        worker_api.fail(conn, [(task.task_id, task.token, message)])
                 ran += 1
     finally:
         conn.execute("select pgflow.stop_worker(%s)", (worker_id,))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -116,7 +116,8 @@ class Client:
         )
         if row is None or row[0] == shape:
             return
-        differences = "; ".join(describe_differences(row[0], shape))
+        differences = "; ".join(describe_differences(row[0], shape)) or (
+            "the registered shape was written in another form, by another version of pgflow")
         raise ShapeConflictError(
             f"Flow {flow_slug!r} is already registered with a different shape ({differences}). "
             "Give the new version another slug, or register it with replace=True, which "
@@ -132,21 +133,45 @@ class Client:
         idempotent: the same id twice starts one run."""
         flow_slug = flow.slug if isinstance(flow, Flow) else flow
         run_uuid = _as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
-        try:
-            payload = orjson.dumps(input)
-        except TypeError as exc:
-            raise InvalidInputError(
-                f"Flow {flow_slug!r}: the run input is not JSON-serializable ({exc}); "
-                "pass dicts, lists, strings, numbers, booleans or None"
-            ) from None
+        payload = _encode_input(flow_slug, input)
         row = self._call(
             lambda conn: conn.execute(
                 "select run_id from pgflow.start_flow(%s, %s::jsonb, %s)",
-                (flow_slug, payload.decode(), run_uuid),
+                (flow_slug, payload, run_uuid),
             ).fetchone()
         )
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
+
+    def start_flows(
+        self,
+        flow: str | Flow,
+        inputs: Sequence[Any],
+        run_ids: Sequence[uuid.UUID | str | None] | None = None,
+    ) -> list[uuid.UUID]:
+        """Start one run per input in one transaction; return their ids in
+        order. Nothing is started if any input is refused. `run_ids` (parallel
+        to `inputs`, None for "a new id") makes each start idempotent."""
+        flow_slug = flow.slug if isinstance(flow, Flow) else flow
+        payloads = [_encode_input(flow_slug, value, f" #{i + 1}") for i, value in enumerate(inputs)]
+        if run_ids is None:
+            ids: list[uuid.UUID | None] = [uuid.uuid4() for _ in payloads]
+        elif len(run_ids) != len(payloads):
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: {len(payloads)} inputs but {len(run_ids)} run ids; "
+                "give one run id (or None) per input"
+            )
+        else:
+            ids = [None if r is None else _as_uuid(r, f"Flow {flow_slug!r}") for r in run_ids]
+        # A retried call after a dropped connection must not start new runs.
+        ids = [r if r is not None else uuid.uuid4() for r in ids]
+        rows = self._call(
+            lambda conn: conn.execute(
+                "select run_id from pgflow.start_flows(%s, %s::jsonb[], %s::uuid[])",
+                (flow_slug, payloads, ids),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
 
     def get_run(self, run_id: uuid.UUID | str) -> Run:
         run_uuid = _as_uuid(run_id, "get_run")
@@ -219,6 +244,16 @@ def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> 
     for notify in conn.notifies(timeout=seconds):
         if not notify.payload or run_id in notify.payload:
             return
+
+
+def _encode_input(flow_slug: str, value: Any, which: str = "") -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise InvalidInputError(
+            f"Flow {flow_slug!r}: the run input{which} is not JSON-serializable ({exc}); "
+            "pass dicts, lists, strings, numbers, booleans or None"
+        ) from None
 
 
 def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:

@@ -27,6 +27,14 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BASE_DELAY = 1.0
 DEFAULT_TIMEOUT = 30.0
 
+# Upper bounds, the same as the schema's CHECK constraints: a retry never
+# waits more than an hour anyway, a timeout of a week is the longest lease
+# the engine hands out, a start delay of 30 days the longest it schedules.
+MAX_MAX_ATTEMPTS = 1000
+MAX_BASE_DELAY = 3600.0
+MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_START_DELAY = 30 * 24 * 3600.0
+
 
 @dataclass(frozen=True)
 class StepOptions:
@@ -72,25 +80,29 @@ def _slug_problem(slug: object) -> str | None:
 
 
 def _check_number(
-    where: str, name: str, value: object, *, minimum: float, integer: bool, strict: bool
+    where: str, name: str, value: object, *, minimum: float, maximum: float, integer: bool,
+    strict: bool
 ) -> None:
-    """Raise FlowDefinitionError unless value is a number >= (or > if strict) minimum."""
+    """Raise FlowDefinitionError unless minimum <= value <= maximum (minimum < value if strict)."""
     kind = "an integer" if integer else "a number"
     allowed = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {value!r}")
     too_small = value <= minimum if strict else value < minimum
-    if too_small or value != value or value == float("inf"):
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise FlowDefinitionError(f"{where}: {name} must be {bound}, got {value!r}")
+    if too_small or value != value or value > maximum:
+        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        unit = "" if integer else " seconds"
+        raise FlowDefinitionError(
+            f"{where}: {name} must be {low} and <= {maximum:g}{unit}, got {value!r}"
+        )
 
 
 def _check_options(where: str, options: Mapping[str, Any]) -> None:
     rules = {
-        "max_attempts": dict(minimum=1, integer=True, strict=False),
-        "base_delay": dict(minimum=0, integer=False, strict=False),
-        "timeout": dict(minimum=0, integer=False, strict=True),
-        "start_delay": dict(minimum=0, integer=False, strict=False),
+        "max_attempts": dict(minimum=1, maximum=MAX_MAX_ATTEMPTS, integer=True, strict=False),
+        "base_delay": dict(minimum=0, maximum=MAX_BASE_DELAY, integer=False, strict=False),
+        "timeout": dict(minimum=0, maximum=MAX_TIMEOUT, integer=False, strict=True),
+        "start_delay": dict(minimum=0, maximum=MAX_START_DELAY, integer=False, strict=False),
     }
     for name, value in options.items():
         if value is not None:
@@ -257,10 +269,11 @@ class Flow:
         return order
 
     def shape(self) -> dict[str, Any]:
-        """The structure that must match between registrations (no options)."""
+        """The structure that must match between registrations (no options).
+        Dependencies are sorted: the order they are declared in is not shape."""
         return {
             "steps": [
-                {"slug": s.slug, "type": s.step_type, "depends_on": list(s.depends_on)}
+                {"slug": s.slug, "type": s.step_type, "depends_on": sorted(s.depends_on)}
                 for s in self.validate()
             ]
         }

@@ -10,6 +10,9 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class ClaimedTask:
     task_id: int
+    # Drawn by the claim that holds the task: the fence every answer carries
+    # (a late answer from an expired or released claim carries another).
+    token: int
     run_id: uuid.UUID
     flow_slug: str
     step_slug: str
@@ -29,7 +32,8 @@ class ClaimedTask:
         dataclasses.asdict deep-copies the input, which showed as the parent's
         largest cost per task under load."""
         return {
-            "task_id": self.task_id, "run_id": str(self.run_id), "flow_slug": self.flow_slug,
+            "task_id": self.task_id, "token": self.token, "run_id": str(self.run_id),
+            "flow_slug": self.flow_slug,
             "step_slug": self.step_slug, "task_index": self.task_index, "attempt": self.attempt,
             "timeout_ms": self.timeout_ms, "input": self.input,
             "input_is_flow_input": self.input_is_flow_input, "waited_s": self.waited_s,

@@ -1,12 +1,17 @@
 """The SQL calls a worker makes: claim, complete, fail, release, heartbeat,
 requeue expired leases. Thin wrappers over the pgflow.* functions, shared by
-the supervisor and by in-process draining. Each takes a batch."""
+the supervisor and by in-process draining. Each takes a batch.
+
+Answers are fenced by the claim's token: (task_id, token, ...). A batch that
+Postgres refuses for what one row holds (an output too large for jsonb, a
+value out of range) is written again row by row, so one bad answer fails its
+own task with a readable error and never the answers of other runs."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -18,7 +23,7 @@ from pgflow.task import ClaimedTask
 DEFAULT_LEASE_GRACE = 30.0
 
 _CLAIM = (
-    "select task_id, run_id, flow_slug, step_slug, task_index, attempt, timeout_ms, "
+    "select task_id, token, run_id, flow_slug, step_slug, task_index, attempt, timeout_ms, "
     "input, input_is_flow_input, extract(epoch from now() - visible_at)::float8 "
     "from pgflow.claim_tasks(%s, %s::text[], %s::int, %s::numeric)"
 )
@@ -54,50 +59,90 @@ class Accepted:
     retry: bool = False
     run_status: str | None = None
     run_seconds: float | None = None
+    # Set when a completion was refused for its output and recorded as a
+    # failed attempt with this error instead.
+    error: str | None = None
 
 
 def complete(
     conn: psycopg.Connection, answers: Iterable[tuple[int, int, Any]]
 ) -> dict[int, Accepted]:
-    """Record outputs: (task_id, attempt, output). Returns the accepted answers
+    """Record outputs: (task_id, token, output). Returns the accepted answers
     by task id; the rest were stale and changed nothing. An output of type
     orjson.Fragment is sent as the JSON it already holds."""
-    ids, attempts, outputs = [], [], []
-    for task_id, attempt, output in answers:
-        ids.append(task_id)
-        attempts.append(attempt)
-        outputs.append(Jsonb(output))
-    if not ids:
+    rows = list(answers)
+    if not rows:
         return {}
-    rows = conn.execute(
+    try:
+        return _complete(conn, rows)
+    except psycopg.Error as exc:
+        if not is_row_error(exc):
+            raise
+    accepted: dict[int, Accepted] = {}
+    for row in rows:  # one row at a time: only the bad ones fail
+        try:
+            accepted.update(_complete(conn, [row]))
+        except psycopg.Error as exc:
+            if not is_row_error(exc):
+                raise
+            accepted.update(_fail_unstorable(conn, row, exc))
+    return accepted
+
+
+def _complete(conn: psycopg.Connection, rows: list[tuple[int, int, Any]]) -> dict[int, Accepted]:
+    ids, tokens, outputs = [], [], []
+    for task_id, token, output in rows:
+        ids.append(task_id)
+        tokens.append(token)
+        outputs.append(Jsonb(output))
+    result = conn.execute(
         "select task_id, run_status, run_seconds "
-        "from pgflow.complete_tasks(%s::bigint[], %s::int[], %s::jsonb[])",
-        (ids, attempts, outputs),
+        "from pgflow.complete_tasks(%s::bigint[], %s::bigint[], %s::jsonb[])",
+        (ids, tokens, outputs),
     ).fetchall()
-    return {row[0]: Accepted(row[0], False, row[1], row[2]) for row in rows}
+    return {row[0]: Accepted(row[0], False, row[1], row[2]) for row in result}
+
+
+def _fail_unstorable(
+    conn: psycopg.Connection, row: tuple[int, int, Any], exc: psycopg.Error
+) -> dict[int, Accepted]:
+    """Fail the attempt whose output Postgres refused, saying why."""
+    task_id, token, _ = row
+    reason = (exc.diag.message_primary or str(exc)).strip()
+    error = f"Output could not be stored: {reason}"
+    return {task_id: replace(a, error=error) for task_id, a in fail(conn, [(task_id, token, error)]).items()}
+
+
+def is_row_error(exc: psycopg.Error) -> bool:
+    """An error caused by the data of a row (SQLSTATE class 22 data exception
+    or 54 program limit exceeded), not by the connection or the statement:
+    retrying without that row succeeds. psycopg reports class 54 as an
+    OperationalError, so this must be asked before treating one as a lost
+    connection."""
+    return (exc.sqlstate or "")[:2] in {"22", "54"}
 
 
 def fail(conn: psycopg.Connection, answers: Iterable[tuple[int, int, str]]) -> dict[int, Accepted]:
-    """Record failed attempts: (task_id, attempt, error). Returns the accepted
+    """Record failed attempts: (task_id, token, error). Returns the accepted
     answers by task id, with whether each will be retried."""
     columns = _columns(answers)
     if not columns:
         return {}
     rows = conn.execute(
         "select task_id, retry, run_status, run_seconds "
-        "from pgflow.fail_tasks(%s::bigint[], %s::int[], %s::text[])",
+        "from pgflow.fail_tasks(%s::bigint[], %s::bigint[], %s::text[])",
         columns,
     ).fetchall()
     return {row[0]: Accepted(*row) for row in rows}
 
 
 def release(conn: psycopg.Connection, tasks: Iterable[tuple[int, int]]) -> set[int]:
-    """Give tasks back without charging an attempt: (task_id, attempt)."""
+    """Give tasks back without charging an attempt: (task_id, token)."""
     columns = _columns(tasks)
     if not columns:
         return set()
     rows = conn.execute(
-        "select * from pgflow.release_tasks(%s::bigint[], %s::int[])", columns
+        "select * from pgflow.release_tasks(%s::bigint[], %s::bigint[])", columns
     ).fetchall()
     return {row[0] for row in rows}
 
@@ -110,13 +155,19 @@ def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
 def heartbeat(
     conn: psycopg.Connection,
     worker_id: uuid.UUID,
-    task_ids: Sequence[int],
+    tasks: Sequence[tuple[int, int]],
     lease_grace: float = DEFAULT_LEASE_GRACE,
-) -> int:
-    row = conn.execute(
-        "select pgflow.heartbeat(%s, %s::bigint[], %s::numeric)", (worker_id, list(task_ids), lease_grace)
-    ).fetchone()
-    return int(row[0]) if row else 0
+) -> set[int]:
+    """Mark the worker alive and extend the leases of the tasks it holds:
+    (task_id, token). Returns the ids of those it no longer holds (requeued
+    after their lease expired, cancelled, or answered by another claim)."""
+    ids = [task_id for task_id, _ in tasks]
+    tokens = [token for _, token in tasks]
+    rows = conn.execute(
+        "select * from pgflow.heartbeat(%s, %s::bigint[], %s::bigint[], %s::numeric)",
+        (worker_id, ids, tokens, lease_grace),
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 def requeue_expired(conn: psycopg.Connection, limit: int = 1000) -> int:

@@ -33,11 +33,11 @@ class PendingAnswers:
 
     def succeeded(self, task: ClaimedTask, output: Any, duration: float) -> None:
         self._note(task, "success", duration)
-        self.oks.append((task.task_id, task.attempt, output))
+        self.oks.append((task.task_id, task.token, output))
 
     def failed(self, task: ClaimedTask, error: str, outcome: Outcome, duration: float) -> None:
         self._note(task, outcome, duration)
-        self.errors.append((task.task_id, task.attempt, error))
+        self.errors.append((task.task_id, task.token, error))
 
     def write(self, store: Store) -> None:
         """Write everything in batches; raises DatabaseUnavailable, keeping

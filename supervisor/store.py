@@ -95,9 +95,9 @@ class Store:
     def release(self, tasks: Iterable[tuple[int, int]]) -> set[int]:
         return self._call("release", lambda c: worker_api.release(c, tasks))
 
-    def heartbeat(self, task_ids: Sequence[int]) -> int:
+    def heartbeat(self, tasks: Sequence[tuple[int, int]]) -> set[int]:
         return self._call("heartbeat", lambda c: worker_api.heartbeat(
-            c, self.worker_id, task_ids, self._lease_grace))
+            c, self.worker_id, tasks, self._lease_grace))
 
     def requeue_expired(self) -> int:
         return self._call("requeue", worker_api.requeue_expired)

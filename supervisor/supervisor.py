@@ -219,7 +219,7 @@ class Supervisor:
         """Kill busy executors and give their tasks back without charging an attempt."""
         released = []
         for child in self.pool.busy():
-            released += [(t.task_id, t.attempt) for t in child.tasks]
+            released += [(t.task_id, t.token) for t in child.tasks]
             child.tasks.clear()
             child.deadline = None
             self.pool.kill(child, "shutdown")
@@ -235,7 +235,7 @@ class Supervisor:
         return True
 
     def _release_buffered(self) -> None:
-        self._release([(t.task_id, t.attempt) for t, _ in self.buffer])
+        self._release([(t.task_id, t.token) for t, _ in self.buffer])
         self.buffer.clear()
 
     def _release(self, tasks: list[tuple[int, int]]) -> None:
@@ -293,7 +293,7 @@ class Supervisor:
 
     def _rebuffer(self, tasks: list[ClaimedTask]) -> None:
         if self.stopping:
-            self._release([(t.task_id, t.attempt) for t in tasks])
+            self._release([(t.task_id, t.token) for t in tasks])
         else:
             now = time.monotonic()
             self.buffer.extendleft((task, now) for task in reversed(tasks))
@@ -400,9 +400,26 @@ class Supervisor:
         except DatabaseUnavailable as exc:
             self.db.lost(exc)
 
-    def _held_task_ids(self) -> list[int]:
-        sent = [t.task_id for c in self.pool.children.values() for t in c.tasks]
-        return sent + [t.task_id for t, _ in self.buffer] + list(self.answers.tasks)
+    def _held_tasks(self) -> list[tuple[int, int]]:
+        """(task_id, token) of every task this supervisor holds: sent to an
+        executor, buffered, or answered and not yet written."""
+        held = [t for c in self.pool.children.values() for t in c.tasks]
+        held += [t for t, _ in self.buffer]
+        held += [t for t, _, _ in self.answers.tasks.values()]
+        return [(t.task_id, t.token) for t in held]
+
+    def _drop_lost(self, lost: set[int]) -> None:
+        """Forget buffered tasks the engine says this supervisor no longer
+        holds (their lease expired during a pause and another claim took
+        them, or their run was cancelled): running them would be wasted work
+        whose answers are refused anyway."""
+        if not lost:
+            return
+        kept = collections.deque(entry for entry in self.buffer if entry[0].task_id not in lost)
+        dropped = len(self.buffer) - len(kept)
+        self.buffer = kept
+        log.warning("%d held tasks are no longer ours (lease expired or run finished); dropped %d "
+                    "buffered ones", len(lost), dropped)
 
     def _notified(self) -> None:
         self.dirty = True
@@ -427,7 +444,7 @@ class Supervisor:
         try:
             if now >= self.next_heartbeat:
                 self.next_heartbeat = now + s.heartbeat_interval
-                self.store.heartbeat(self._held_task_ids())
+                self._drop_lost(self.store.heartbeat(self._held_tasks()))
                 self.store.requeue_expired()
             if now >= self.next_queue_stats:
                 self.next_queue_stats = now + s.queue_stats_interval

@@ -88,17 +88,17 @@ class HandWorker:
         matching = [t for t in tasks if step_slug is None or t.step_slug == step_slug]
         assert matching, f"no claimable task for step {step_slug!r}; claimed {tasks}"
         # Give the others back untouched.
-        others = [(t.task_id, t.attempt) for t in tasks if t is not matching[0]]
+        others = [(t.task_id, t.token) for t in tasks if t is not matching[0]]
         worker_api.release(self.conn, others)
         return matching[0]
 
     def complete(self, task: ClaimedTask, output: Any) -> bool:
         return task.task_id in worker_api.complete(
-            self.conn, [(task.task_id, task.attempt, output)]
+            self.conn, [(task.task_id, task.token, output)]
         )
 
     def fail(self, task: ClaimedTask, error: str) -> bool:
-        return task.task_id in worker_api.fail(self.conn, [(task.task_id, task.attempt, error)])
+        return task.task_id in worker_api.fail(self.conn, [(task.task_id, task.token, error)])
 
 
 def count(conn: psycopg.Connection, sql: str, *params: Any) -> int:

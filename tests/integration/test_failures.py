@@ -25,7 +25,9 @@ def seconds_until_visible(conn, task_id: int) -> float:
 
 
 def make_visible(conn, task_id: int) -> None:
+    """Skip a retry's backoff (the queue row is what claims read)."""
     conn.execute("update pgflow.tasks set visible_at = now() where task_id = %s", (task_id,))
+    conn.execute("update pgflow.queue set visible_at = now() where task_id = %s", (task_id,))
 
 
 def test_failed_attempts_retry_with_exponential_backoff_then_fail_the_run(client, conn):
@@ -196,7 +198,7 @@ def test_release_gives_a_task_back_without_charging_an_attempt(client, conn):
     client.start_flow("single", 1)
     worker = HandWorker(conn, ["single"])
     task = worker.claim_one()
-    assert worker_api.release(conn, [(task.task_id, task.attempt)]) == {task.task_id}
+    assert worker_api.release(conn, [(task.task_id, task.token)]) == {task.task_id}
     again = worker.claim_one()
     assert (again.task_id, again.attempt) == (task.task_id, 1)
 
@@ -207,7 +209,7 @@ def test_expired_lease_is_requeued_counting_the_lost_attempt(client, conn):
     vanished = HandWorker(conn, ["single"])
     lost = vanished.claim_one()
     assert worker_api.requeue_expired(conn) == 0, "the lease has not expired yet"
-    conn.execute("update pgflow.tasks set lease_expires_at = now() - interval '1 second'")
+    conn.execute("update pgflow.queue set lease_expires_at = now() - interval '1 second'")
     assert worker_api.requeue_expired(conn) == 1
 
     survivor = HandWorker(conn, ["single"])
@@ -225,14 +227,14 @@ def test_lease_runs_until_timeout_plus_grace_and_heartbeat_extends_it(client, co
     client.start_flow("single", 1)
     worker = HandWorker(conn, ["single"])
     task = worker.claim(lease_grace=5)[0]
-    lease = "select extract(epoch from lease_expires_at - now()) from pgflow.tasks"
+    lease = "select extract(epoch from lease_expires_at - now()) from pgflow.queue"
     assert float(conn.execute(lease).fetchone()[0]) == pytest.approx(15, abs=1)
-    conn.execute("update pgflow.tasks set lease_expires_at = now() + interval '1 second'")
-    extended = worker_api.heartbeat(conn, worker.worker_id, [task.task_id], lease_grace=30)
-    assert extended == 1
+    conn.execute("update pgflow.queue set lease_expires_at = now() + interval '1 second'")
+    lost = worker_api.heartbeat(conn, worker.worker_id, [(task.task_id, task.token)], lease_grace=30)
+    assert lost == set()
     assert float(conn.execute(lease).fetchone()[0]) == pytest.approx(30, abs=1)
-    other = uuid.uuid4()
-    assert worker_api.heartbeat(conn, other, [task.task_id]) == 0, "only the holder extends"
+    stale = worker_api.heartbeat(conn, uuid.uuid4(), [(task.task_id, task.token + 1)])
+    assert stale == {task.task_id}, "a heartbeat with another claim's token holds nothing"
 
 
 def test_answers_report_retries_and_finished_runs(client, conn):
@@ -240,11 +242,11 @@ def test_answers_report_retries_and_finished_runs(client, conn):
     run_id = client.start_flow("single", 1)
     worker = HandWorker(conn, ["single"])
     first = worker.claim_one()
-    report = worker_api.fail(conn, [(first.task_id, first.attempt, "x")])
+    report = worker_api.fail(conn, [(first.task_id, first.token, "x")])
     assert report[first.task_id].retry is True
     assert report[first.task_id].run_status is None
     second = worker.claim_one()
-    report = worker_api.fail(conn, [(second.task_id, second.attempt, "y")])
+    report = worker_api.fail(conn, [(second.task_id, second.token, "y")])
     assert (report[second.task_id].retry, report[second.task_id].run_status) == (False, "failed")
     assert report[second.task_id].run_seconds >= 0
     assert client.get_run(run_id).status == "failed"
@@ -257,8 +259,8 @@ def test_completion_reports_the_run_it_finished_once(client, conn):
     client.start_flow("mapper", [1, 2])
     worker = HandWorker(conn, ["mapper"])
     tasks = worker.claim()
-    report = worker_api.complete(conn, [(t.task_id, t.attempt, 1) for t in tasks])
+    report = worker_api.complete(conn, [(t.task_id, t.token, 1) for t in tasks])
     assert [a.run_status for a in report.values()] == [None, None], "the run is not done yet"
     (total,) = worker.claim()
-    report = worker_api.complete(conn, [(total.task_id, total.attempt, 2)])
+    report = worker_api.complete(conn, [(total.task_id, total.token, 2)])
     assert report[total.task_id].run_status == "completed"

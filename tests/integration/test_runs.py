@@ -212,7 +212,7 @@ def test_concurrent_completions_of_one_map_step_finish_it_once(client, dsn, conn
         try:
             with db.connect(dsn, "t") as c:
                 for t in batch:
-                    worker_api.complete(c, [(t.task_id, t.attempt, t.input)])
+                    worker_api.complete(c, [(t.task_id, t.token, t.input)])
         except Exception as exc:  # asserted below
             errors.append(exc)
 
@@ -256,32 +256,8 @@ def test_many_run_completions_are_chunked_under_the_payload_limit(client, dsn, c
         listener.execute("listen pgflow_runs")
         from pgflow import worker_api
 
-        worker_api.complete(conn, [(t.task_id, t.attempt, 1) for t in tasks])
+        worker_api.complete(conn, [(t.task_id, t.token, 1) for t in tasks])
         received = list(listener.notifies(timeout=0.5))
     assert len(received) == 3
     assert all(len(n.payload) < 8000 for n in received)
     assert {i for n in received for i in n.payload.split(",")} == run_ids
-
-
-def test_claim_uses_the_partial_index_with_many_finished_tasks(client, conn):
-    client.register(single_flow())
-    conn.execute(
-        """
-        with r as (
-            insert into pgflow.runs (run_id, flow_slug, status, input, remaining_steps)
-            select gen_random_uuid(), 'single', 'completed', '1', 0
-            from generate_series(1, 50000) returning run_id
-        )
-        insert into pgflow.tasks (run_id, flow_slug, step_slug, status, attempt)
-        select run_id, 'single', 'only', 'completed', 1 from r
-        """
-    )
-    client.start_flow("single", 1)
-    conn.execute("analyze pgflow.tasks")
-    plan = "\n".join(row[0] for row in conn.execute(
-        "explain select task_id from pgflow.tasks t where t.status = 'queued' "
-        "and t.visible_at <= now() and t.flow_slug = any (array['single']) "
-        "order by t.visible_at, t.task_id limit 10 for update skip locked"
-    ))
-    assert "tasks_claimable" in plan, plan
-    assert len(HandWorker(conn, ["single"]).claim()) == 1

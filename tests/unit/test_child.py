@@ -54,7 +54,7 @@ def where(input, ctx):
 
 def request(step_slug: str, input: Any = None, *, flow_slug: str = "demo", task_id: int = 1,
             timeout_ms: int = 5000) -> dict[str, Any]:
-    task = ClaimedTask(task_id=task_id, run_id=RUN_ID, flow_slug=flow_slug, step_slug=step_slug,
+    task = ClaimedTask(task_id=task_id, token=99, run_id=RUN_ID, flow_slug=flow_slug, step_slug=step_slug,
                        task_index=0, attempt=2, timeout_ms=timeout_ms, input=input)
     return {"task": task.to_wire()}
 

@@ -32,7 +32,7 @@ RUN_ID = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 
 
 def make_task(step_slug: str = "root", input: Any = None, **overrides: Any) -> ClaimedTask:
-    fields: dict[str, Any] = dict(task_id=7, run_id=RUN_ID, flow_slug="demo", step_slug=step_slug,
+    fields: dict[str, Any] = dict(task_id=7, token=99, run_id=RUN_ID, flow_slug="demo", step_slug=step_slug,
                                   task_index=0, attempt=1, timeout_ms=1000, input=input,
                                   input_is_flow_input=False)
     return ClaimedTask(**{**fields, **overrides})

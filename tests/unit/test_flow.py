@@ -158,6 +158,11 @@ def test_map_with_two_sources_is_refused():
         ({"timeout": "5"}, "timeout must be a number"),
         ({"base_delay": -1}, "base_delay must be >= 0"),
         ({"start_delay": float("nan")}, "start_delay must be >= 0"),
+        # Upper bounds: one huge value must not break claims for every flow.
+        ({"timeout": 3e6}, r"timeout must be > 0 and <= 604800 seconds, got 3000000.0"),
+        ({"start_delay": 1e15}, "start_delay must be >= 0 and <= 2.592e.06 seconds"),
+        ({"max_attempts": 10**6}, "max_attempts must be >= 1 and <= 1000"),
+        ({"base_delay": float("inf")}, "base_delay must be >= 0 and <= 3600"),
     ],
 )
 def test_bad_step_options_name_flow_step_and_option(options, problem):
@@ -169,6 +174,17 @@ def test_bad_step_options_name_flow_step_and_option(options, problem):
 def test_bad_flow_options_are_refused():
     with pytest.raises(FlowDefinitionError, match="Flow 'f': timeout must be > 0"):
         Flow("f", timeout=-1)
+
+
+def test_declaring_dependencies_in_another_order_is_the_same_shape():
+    def joined(order: list[str]) -> Flow:
+        flow = Flow("join")
+        for slug in ("x", "y"):
+            flow.step(slug=slug)(lambda i, c: None)
+        flow.step(slug="both", depends_on=order)(lambda d, c: None)
+        return flow
+
+    assert joined(["x", "y"]).shape() == joined(["y", "x"]).shape()
 
 
 def test_empty_flow_cannot_be_shaped():

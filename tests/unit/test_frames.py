@@ -130,5 +130,5 @@ def test_claimed_task_round_trips_through_the_wire_format():
 
     from pgflow.task import ClaimedTask
 
-    task = ClaimedTask(7, uuid.uuid4(), "f", "s", 2, 3, 1500, {"a": [1]}, True, 0.25)
+    task = ClaimedTask(7, 12345, uuid.uuid4(), "f", "s", 2, 3, 1500, {"a": [1]}, True, 0.25)
     assert ClaimedTask.from_wire(FrameDecoder().feed(frames.encode(task.to_wire()))[0]) == task

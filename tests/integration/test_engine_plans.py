@@ -1,0 +1,97 @@
+"""The plans Postgres runs inside the engine's functions stay index-driven
+whatever the statistics say: claims and answers must not read held tasks,
+finished tasks or tasks of flows the worker does not serve.
+
+auto_explain (contrib) logs every nested statement's plan with row counts;
+with client_min_messages = log those plans reach this connection as notices.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pgflow import db, worker_api
+from tests.integration.helpers import HandWorker, single_flow
+
+ROWS_REMOVED = re.compile(r"Rows Removed by (?:Join )?Filter: (\d+)")
+SEQ_SCAN = re.compile(r"Seq Scan on (queue|tasks|runs|step_states)\b")
+
+
+class PlanLog:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.plans: list[str] = []
+        conn.add_notice_handler(lambda diag: self.plans.append(diag.message_primary or ""))
+
+    def clear(self) -> None:
+        self.plans.clear()
+
+    def worst(self) -> tuple[int, str]:
+        """The most rows any plan node read and threw away, and that plan."""
+        return max(((max(map(int, ROWS_REMOVED.findall(p)), default=0), p) for p in self.plans),
+                   default=(0, ""))
+
+    def seq_scans(self) -> list[str]:
+        return [p for p in self.plans if SEQ_SCAN.search(p)]
+
+
+@pytest.fixture
+def explained(dsn: str) -> Iterator[tuple[psycopg.Connection, PlanLog]]:
+    conn = db.connect(dsn, "pgflow plans")
+    try:
+        conn.execute("load 'auto_explain'")
+    except psycopg.Error:
+        conn.close()
+        pytest.skip("auto_explain is not installed on this Postgres")
+    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_analyze = on",
+                    "auto_explain.log_nested_statements = on", "client_min_messages = log"):
+        conn.execute(f"set {setting}")
+    log = PlanLog(conn)
+    try:
+        yield conn, log
+    finally:
+        conn.close()
+
+
+def stale_statistics(conn: psycopg.Connection) -> None:
+    """What a new install has: tables analyzed while (nearly) empty."""
+    for table in ("queue", "tasks", "runs", "step_states"):
+        conn.execute(f"analyze pgflow.{table}")
+
+
+def test_answers_do_not_read_the_tasks_other_workers_hold(client, conn, explained):
+    worker_conn, log = explained
+    client.register(single_flow(max_attempts=2, base_delay=0))
+    stale_statistics(conn)
+    client.start_flows("single", list(range(2100)))
+    held = HandWorker(conn, ["single"]).claim(limit=2000)
+    assert len(held) == 2000
+    worker = HandWorker(worker_conn, ["single"])
+    log.clear()
+    tasks = worker.claim(limit=50)
+    worker_api.complete(worker_conn, [(t.task_id, t.token, 1) for t in tasks[:25]])
+    worker_api.fail(worker_conn, [(t.task_id, t.token, "x") for t in tasks[25:]])
+    worker_api.heartbeat(worker_conn, worker.worker_id, [(t.task_id, t.token) for t in held[:200]])
+    worker_api.requeue_expired(worker_conn)
+    removed, plan = log.worst()
+    assert removed < 200, plan
+    assert log.seq_scans() == []
+
+
+def test_a_claim_skips_tasks_of_flows_the_worker_does_not_serve(client, conn, explained):
+    worker_conn, log = explained
+    client.register(single_flow("unserved"))
+    client.register(single_flow("served"))
+    stale_statistics(conn)
+    client.start_flows("unserved", list(range(3000)))  # older than the served ones
+    client.start_flows("served", list(range(20)))
+    worker = HandWorker(worker_conn, ["served"])
+    log.clear()
+    assert len(worker.claim(limit=10)) == 10
+    assert worker_api.seconds_until_next_task(worker_conn, ["served"]) is not None
+    removed, plan = log.worst()
+    assert removed < 100, plan
+    assert log.seq_scans() == []

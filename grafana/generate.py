@@ -197,6 +197,11 @@ PANELS: list[tuple[Panel, int, int]] = [  # (panel, width, height); laid out lef
     (timeseries("Database errors", "Operations that raised, per second.", "ops", [
         (f"sum by (operation) (rate(pgflow_db_errors_total{{{INST}}}[{RATE}]))", "{{operation}}"),
     ]), 12, 8),
+    (timeseries("Notification queue usage", "Share of Postgres' NOTIFY queue in use; a stuck "
+                "listener pins it, and when it is full every commit that notifies fails.",
+                "percentunit", [
+        (f"max(pgflow_notification_queue_usage{{{INST}}})", "queue usage"),
+    ]), 12, 8),
 ]  # fmt: skip
 
 

@@ -210,3 +210,14 @@ def queue_stats(conn: psycopg.Connection, flows: Sequence[str]) -> dict[str, tup
     """{flow: (ready tasks, age in seconds of the oldest)} for flows with ready tasks."""
     rows = conn.execute(queries.load("queue_stats"), {"flows": list(flows)}).fetchall()
     return {flow: (depth, age) for flow, depth, age in rows}
+
+
+def notification_queue_usage(conn: psycopg.Connection) -> float:
+    """Share of Postgres' NOTIFY queue in use (0 to 1)."""
+    row = conn.execute("select pg_notification_queue_usage()").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def server_warnings(conn: psycopg.Connection) -> list[str]:
+    """Server settings that will hurt the engine, one sentence each."""
+    return [row[0] for row in conn.execute(queries.load("server_warnings")).fetchall()]

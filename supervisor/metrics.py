@@ -170,6 +170,13 @@ class Metrics:
         self._db_errors = Counter(
             "pgflow_db_errors", "Database operations that raised, per operation.", ["operation"], registry=r
         )
+        self._notify_queue = Gauge(
+            "pgflow_notification_queue_usage",
+            "Share of Postgres' notification queue in use (pg_notification_queue_usage(), 0 to 1). "
+            "A listener that stopped reading pins it; when it is full, every commit that notifies "
+            "fails.",
+            registry=r,
+        )
         self._db_connected = Gauge(
             "pgflow_database_connected",
             "1 while the supervisor's connections to Postgres are up.",
@@ -278,6 +285,9 @@ class Metrics:
             raise
         finally:
             self._db_roundtrip.labels(operation).observe(time.perf_counter() - started)
+
+    def set_notification_queue_usage(self, share: float) -> None:
+        self._notify_queue.set(share)
 
     def set_database_connected(self, connected: bool) -> None:
         self._db_connected.set(1 if connected else 0)

@@ -105,5 +105,11 @@ class Store:
     def queue_stats(self) -> dict[str, tuple[int, float]]:
         return self._call("queue_stats", lambda c: worker_api.queue_stats(c, self.flows))
 
+    def notification_queue_usage(self) -> float:
+        return self._call("queue_stats", worker_api.notification_queue_usage)
+
+    def server_warnings(self) -> list[str]:
+        return self._call("server_check", worker_api.server_warnings)
+
     def stop_worker(self) -> None:
         self._call("stop", lambda c: c.execute("select pgflow.stop_worker(%s)", (self.worker_id,)))

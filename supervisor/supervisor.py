@@ -113,6 +113,8 @@ class Supervisor:
                 log.info("flow %r: %s", flow.slug, client.register(flow))
                 self.metrics.declare_flow(flow.slug, list(flow.steps))
         self.db.connect()
+        for warning in self.store.server_warnings():
+            log.warning("%s", warning)
         self.signals.install()
         self.signals.register(self.selector)
         if s.metrics_port:
@@ -449,6 +451,7 @@ class Supervisor:
             if now >= self.next_queue_stats:
                 self.next_queue_stats = now + s.queue_stats_interval
                 self.metrics.set_queue(self.store.queue_stats())
+                self.metrics.set_notification_queue_usage(self.store.notification_queue_usage())
         except DatabaseUnavailable as exc:
             self.db.lost(exc)
         if self.next_watchdog is not None and now >= self.next_watchdog:

@@ -54,6 +54,7 @@ def test_metrics_move_with_successes_failures_and_timeouts(dsn, metrics_supervis
     assert status == 200
     assert sample(before, "pgflow_executor_processes", state="idle") == 2
     assert sample(before, "pgflow_database_connected") == 1
+    assert 0 <= sample(before, "pgflow_notification_queue_usage") < 0.01
 
     with Client(dsn) as client:
         ok = [client.start_flow("e2e_diamond", {"n": i}) for i in range(5)]

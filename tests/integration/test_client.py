@@ -66,3 +66,11 @@ def test_client_sets_application_name(dsn, conn):
         name = conn.execute(
             "select application_name from pg_stat_activity where pid = %s", (pid,)).fetchone()[0]
     assert name == "my app"
+
+
+def test_server_warnings_name_autovacuum_when_it_is_off(conn):
+    from pgflow import worker_api
+
+    autovacuum = conn.execute("show autovacuum").fetchone()[0]
+    warnings = worker_api.server_warnings(conn)
+    assert any("autovacuum is off" in w for w in warnings) == (autovacuum == "off")

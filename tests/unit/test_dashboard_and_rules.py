@@ -141,7 +141,7 @@ def promtool(*args: str, cwd: Path = PROMETHEUS) -> str:
 
 @needs_promtool
 def test_promtool_accepts_rules_config_and_alert_unit_tests() -> None:
-    assert "SUCCESS: 6 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "alerts.yml")
     assert "valid prometheus config" in promtool("check", "config", "prometheus.yml")
     assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
 

@@ -64,7 +64,7 @@ def fill_finished(client: Client, count: int) -> float:
         start_batch(conn, FLOW, n)
         while worker.drain_once(1000):
             pass
-    for table in ("tasks", "runs", "step_states"):
+    for table in ("queue", "tasks", "runs", "step_states"):
         conn.execute(f"vacuum analyze pgflow.{table}")
     return time.perf_counter() - started
 

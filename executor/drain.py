@@ -13,14 +13,20 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import psycopg
 
 from executor.executor import execute
 from executor.result import Err, Ok
 from pgflow import Client, Flow, FlowDefinitionError, worker_api
+from pgflow.task import ClaimedTask
 
 CLAIM_BATCH = 16
+# An answer deferred because another transaction holds its run is sent again
+# every few milliseconds, for up to this long.
+DEFERRED_RETRY_SECONDS = 0.005
+DEFERRED_WAIT_SECONDS = 30.0
 # Longest single sleep while waiting for a retry; the loop re-asks Postgres after it.
 MAX_RETRY_SLEEP_SECONDS = 5.0
 
@@ -55,15 +61,28 @@ def drain(
                 break
             for task in tasks:
                 result = execute(by_slug[task.flow_slug], task, conn, timeout=task.timeout_ms)
-                match result:
-                    case Ok(output):
-                        worker_api.complete(conn, [(task.task_id, task.token, output)])
-                    case Err(message):
-                        worker_api.fail(conn, [(task.task_id, task.token, message)])
+                _answer(conn, task, result)
                 ran += 1
     finally:
-        conn.execute("select pgflow.stop_worker(%s)", (worker_id,))
+        worker_api.stop_worker(conn, worker_id)
     return ran
+
+
+def _answer(conn: psycopg.Connection, task: ClaimedTask, result: Ok[Any] | Err) -> None:
+    """Write the answer; while another transaction holds the task's run
+    (a supervisor answering a sibling task), try again shortly."""
+    for _ in range(int(DEFERRED_WAIT_SECONDS / DEFERRED_RETRY_SECONDS)):
+        match result:
+            case Ok(output):
+                answered = worker_api.complete(conn, [(task.task_id, task.token, output)])
+            case Err(message):
+                answered = worker_api.fail(conn, [(task.task_id, task.token, message)])
+        if task.task_id not in answered.deferred:
+            return
+        time.sleep(DEFERRED_RETRY_SECONDS)
+    raise TimeoutError(f"Run {task.run_id}: its row stayed locked by another transaction for "
+                       f"{DEFERRED_WAIT_SECONDS:g}s; the answer of task {task.task_id} was not "
+                       "written (its lease will expire and the task run again)")
 
 
 def _index(flows: tuple[Flow, ...]) -> dict[str, Flow]:

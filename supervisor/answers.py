@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pgflow import ClaimedTask
-from pgflow.worker_api import Accepted
+from pgflow.worker_api import Accepted, Answered
 from supervisor.metrics import Metrics, Outcome
 from supervisor.store import Store
 
@@ -41,19 +41,28 @@ class PendingAnswers:
 
     def write(self, store: Store) -> None:
         """Write everything in batches; raises DatabaseUnavailable, keeping
-        what was not written for the next try."""
+        what was not written for the next try. Answers deferred because
+        another transaction held their run are kept for the next flush."""
+        deferred_oks: list[tuple[int, int, Any]] = []
+        deferred_errors: list[tuple[int, int, str]] = []
         while self.oks or self.errors:
             oks, errors = self.oks[: self._batch], self.errors[: self._batch]
-            accepted = store.complete(oks) if oks else {}
+            answered = store.complete(oks) if oks else Answered()
             del self.oks[: len(oks)]
-            self._record([a[0] for a in oks], accepted)
-            accepted = store.fail(errors) if errors else {}
+            deferred_oks += [a for a in oks if a[0] in answered.deferred]
+            self._record([a[0] for a in oks if a[0] not in answered.deferred], answered.accepted)
+            answered = store.fail(errors) if errors else Answered()
             del self.errors[: len(errors)]
-            self._record([a[0] for a in errors], accepted)
+            deferred_errors += [a for a in errors if a[0] in answered.deferred]
+            self._record([a[0] for a in errors if a[0] not in answered.deferred],
+                         answered.accepted)
+        self.oks, self.errors = deferred_oks, deferred_errors
 
     def _record(self, task_ids: list[int], accepted: dict[int, Accepted]) -> None:
         late = 0
         for task_id in task_ids:
+            if task_id not in self.tasks:
+                continue  # a second answer for the same task in this batch
             task, outcome, duration = self.tasks.pop(task_id)
             report = accepted.get(task_id)
             if report is None:

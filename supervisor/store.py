@@ -16,7 +16,7 @@ import psycopg
 import psycopg.errors
 
 from pgflow import ClaimedTask, db, worker_api
-from pgflow.worker_api import Accepted
+from pgflow.worker_api import Answered
 from supervisor.metrics import Metrics
 
 T = TypeVar("T")
@@ -83,13 +83,20 @@ class Store:
             raise DatabaseUnavailable(str(exc)) from exc
 
     def claim(self, limit: int) -> tuple[list[ClaimedTask], float | None]:
-        return self._call("claim", lambda c: worker_api.claim_with_next_due(
-            c, self.worker_id, self.flows, limit, self._lease_grace))
+        def claim(conn: psycopg.Connection) -> tuple[list[ClaimedTask], float | None]:
+            # A claim lost in a crash only leaves the task queued again (its
+            # token fences the lost claim's answer): no need to wait for the flush.
+            with conn.transaction():
+                conn.execute("set local synchronous_commit = off")
+                tasks = worker_api.claim(conn, self.worker_id, self.flows, limit, self._lease_grace)
+            return tasks, worker_api.seconds_until_next_task(conn, self.flows)
 
-    def complete(self, answers: Iterable[tuple[int, int, Any]]) -> dict[int, Accepted]:
+        return self._call("claim", claim)
+
+    def complete(self, answers: Iterable[tuple[int, int, Any]]) -> Answered:
         return self._call("complete", lambda c: worker_api.complete(c, answers))
 
-    def fail(self, answers: Iterable[tuple[int, int, str]]) -> dict[int, Accepted]:
+    def fail(self, answers: Iterable[tuple[int, int, str]]) -> Answered:
         return self._call("fail", lambda c: worker_api.fail(c, answers))
 
     def release(self, tasks: Iterable[tuple[int, int]]) -> set[int]:
@@ -112,4 +119,4 @@ class Store:
         return self._call("server_check", worker_api.server_warnings)
 
     def stop_worker(self) -> None:
-        self._call("stop", lambda c: c.execute("select pgflow.stop_worker(%s)", (self.worker_id,)))
+        self._call("stop", lambda c: worker_api.stop_worker(c, self.worker_id))

@@ -95,10 +95,11 @@ class HandWorker:
     def complete(self, task: ClaimedTask, output: Any) -> bool:
         return task.task_id in worker_api.complete(
             self.conn, [(task.task_id, task.token, output)]
-        )
+        ).accepted
 
     def fail(self, task: ClaimedTask, error: str) -> bool:
-        return task.task_id in worker_api.fail(self.conn, [(task.task_id, task.token, error)])
+        return task.task_id in worker_api.fail(
+            self.conn, [(task.task_id, task.token, error)]).accepted
 
 
 def count(conn: psycopg.Connection, sql: str, *params: Any) -> int:

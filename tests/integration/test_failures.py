@@ -242,11 +242,11 @@ def test_answers_report_retries_and_finished_runs(client, conn):
     run_id = client.start_flow("single", 1)
     worker = HandWorker(conn, ["single"])
     first = worker.claim_one()
-    report = worker_api.fail(conn, [(first.task_id, first.token, "x")])
+    report = worker_api.fail(conn, [(first.task_id, first.token, "x")]).accepted
     assert report[first.task_id].retry is True
     assert report[first.task_id].run_status is None
     second = worker.claim_one()
-    report = worker_api.fail(conn, [(second.task_id, second.token, "y")])
+    report = worker_api.fail(conn, [(second.task_id, second.token, "y")]).accepted
     assert (report[second.task_id].retry, report[second.task_id].run_status) == (False, "failed")
     assert report[second.task_id].run_seconds >= 0
     assert client.get_run(run_id).status == "failed"
@@ -259,8 +259,8 @@ def test_completion_reports_the_run_it_finished_once(client, conn):
     client.start_flow("mapper", [1, 2])
     worker = HandWorker(conn, ["mapper"])
     tasks = worker.claim()
-    report = worker_api.complete(conn, [(t.task_id, t.token, 1) for t in tasks])
+    report = worker_api.complete(conn, [(t.task_id, t.token, 1) for t in tasks]).accepted
     assert [a.run_status for a in report.values()] == [None, None], "the run is not done yet"
     (total,) = worker.claim()
-    report = worker_api.complete(conn, [(total.task_id, total.token, 2)])
+    report = worker_api.complete(conn, [(total.task_id, total.token, 2)]).accepted
     assert report[total.task_id].run_status == "completed"

@@ -68,11 +68,9 @@ def test_answer_of_a_claim_lost_in_a_crash_is_refused(client, conn):
     run_id = client.start_flow("single", 1)
     worker = HandWorker(conn, ["single"])
     lost = worker.claim_one()
-    # What recovery leaves: the row as it was before the claim.
-    conn.execute("update pgflow.tasks set status = 'queued', attempt = 0, token = 0, "
+    # What recovery leaves: the queue row as it was before the claim.
+    conn.execute("update pgflow.queue set lease_expires_at = null, token = null, attempt = 0, "
                  "started_at = null, worker_id = null where task_id = %s", (lost.task_id,))
-    conn.execute("update pgflow.queue set lease_expires_at = null where task_id = %s",
-                 (lost.task_id,))
     again = worker.claim_one()
     assert again.attempt == lost.attempt == 1
     assert not worker.complete(lost, "from the lost claim")
@@ -84,15 +82,17 @@ def test_two_answers_for_one_task_in_one_batch_complete_it_once(client, conn):
     client.register(single_flow())
     run_id = client.start_flow("single", 1)
     task = HandWorker(conn, ["single"]).claim_one()
-    accepted = worker_api.complete(
+    answered = worker_api.complete(
         conn, [(task.task_id, task.token, "first"), (task.task_id, task.token, "second")])
-    assert list(accepted) == [task.task_id]
+    assert list(answered.accepted) == [task.task_id]
     assert client.get_run(run_id).status == "completed"
 
 
-def test_heartbeat_that_extends_a_lease_wins_over_a_waiting_requeue(client, conn, dsn):
-    """requeue_expired picks an expired lease, then waits for the run's lock;
-    a heartbeat extends the lease meanwhile: the task must stay with its holder."""
+def test_requeue_skips_a_busy_run_and_a_heartbeat_meanwhile_keeps_the_task(client, conn, dsn):
+    """The first engine's requeue_expired picked an expired lease, waited for
+    the run's lock, then requeued the task although a heartbeat had extended
+    the lease meanwhile. Now it never waits for a run another transaction
+    holds, and reads the lease again under its locks."""
     client.register(single_flow())
     client.start_flow("single", 1)
     holder = HandWorker(conn, ["single"])
@@ -102,13 +102,35 @@ def test_heartbeat_that_extends_a_lease_wins_over_a_waiting_requeue(client, conn
     with db.connect(dsn, "lock holder") as blocker, db.connect(dsn, "requeuer") as requeuer:
         blocker.execute("begin")
         blocker.execute("select 1 from pgflow.runs for no key update")
-        thread, outcome = in_thread(lambda: worker_api.requeue_expired(requeuer))
-        backend_waiting(conn, "requeuer")
+        requeuer.execute("set statement_timeout = '2s'")
+        assert worker_api.requeue_expired(requeuer) == 0, "a run held elsewhere is skipped"
         assert worker_api.heartbeat(conn, holder.worker_id, [(task.task_id, task.token)]) == set()
         blocker.execute("commit")
-        thread.join(10)
-    assert outcome == {"result": 0}
+        assert worker_api.requeue_expired(requeuer) == 0, "the extended lease wins"
     assert holder.complete(task, "done"), "the holder still holds its task"
+
+
+def test_an_answer_for_a_run_another_transaction_holds_is_deferred_not_waited_for(
+        client, conn, dsn):
+    """One locked run must not hold up other runs' answers: the batch writes
+    what it can and hands the blocked answer back to be sent again."""
+    client.register(single_flow())
+    blocked_run, free_run = client.start_flow("single", 1), client.start_flow("single", 2)
+    tasks = {t.run_id: t for t in HandWorker(conn, ["single"]).claim(limit=2)}
+    with db.connect(dsn, "lock holder") as blocker, db.connect(dsn, "answering") as answering:
+        blocker.execute("begin")
+        blocker.execute("select 1 from pgflow.runs where run_id = %s for no key update",
+                        (blocked_run,))
+        answering.execute("set statement_timeout = '2s'")
+        answered = worker_api.complete(
+            answering, [(t.task_id, t.token, "out") for t in tasks.values()])
+        assert answered.deferred == {tasks[blocked_run].task_id}
+        assert set(answered.accepted) == {tasks[free_run].task_id}
+        blocker.execute("commit")
+        again = worker_api.complete(answering, [(tasks[blocked_run].task_id,
+                                                 tasks[blocked_run].token, "out")])
+        assert set(again.accepted) == {tasks[blocked_run].task_id}
+    assert {client.get_run(r).status for r in (blocked_run, free_run)} == {"completed"}
 
 
 def test_heartbeat_never_waits_for_a_task_being_answered(client, conn, dsn):
@@ -163,12 +185,13 @@ def test_start_with_a_run_id_taken_by_another_flow_in_a_race_is_refused(client, 
 
 
 @pytest.mark.parametrize("call", [
-    "select pgflow.complete_tasks(array[1, 2]::bigint[], array[1]::bigint[], array['1']::jsonb[])",
-    "select pgflow.fail_tasks(array[1]::bigint[], array[1, 2]::bigint[], array['x'])",
-    "select pgflow.release_tasks(array[1, 2]::bigint[], array[1]::bigint[])",
+    "select pgflow.complete_tasks('[[1, 2]]')",
+    "select pgflow.fail_tasks('[[1, 2, \"x\"], 7]')",
+    "select pgflow.release_tasks('{\"task_id\": 1}')",
+    "select pgflow.heartbeat(gen_random_uuid(), '[[\"1\", 2]]')",
 ])
-def test_arrays_of_unequal_length_are_refused(conn, call):
-    with pytest.raises(psycopg.Error, match="the arrays have different lengths"):
+def test_malformed_answers_are_refused_with_the_expected_form(conn, call):
+    with pytest.raises(psycopg.Error, match=r"expected a JSON array of \[task_id, token"):
         conn.execute(call)
 
 
@@ -181,7 +204,7 @@ def test_a_batch_with_one_unstorable_output_writes_the_others(client, conn):
     unstorable = orjson.Fragment(b'"nul \\u0000 inside"')  # jsonb cannot hold U+0000
     outputs: list[Any] = ["ok 0", unstorable, "ok 2"]
     answers = [(t.task_id, t.token, o) for t, o in zip(tasks, outputs, strict=True)]
-    accepted = worker_api.complete(conn, answers)
+    accepted = worker_api.complete(conn, answers).accepted
     assert set(accepted) == {t.task_id for t in tasks}
     assert "Output could not be stored" in (accepted[tasks[1].task_id].error or "")
     assert [client.get_run(r).status for r in runs] == ["completed", "failed", "completed"]

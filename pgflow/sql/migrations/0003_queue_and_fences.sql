@@ -27,15 +27,23 @@
 -- tables
 -- ---------------------------------------------------------------------------
 
--- One row per unfinished task (queued or started). Narrow and short-lived:
--- inserted when a task is created, leased by a claim, deleted when the task
--- completes, fails for good or is cancelled.
+-- One row per unfinished task (queued, or held by a claim). Narrow and
+-- short-lived: inserted with the task, leased by a claim, deleted when the
+-- task completes, fails for good or is cancelled. While a claim holds the
+-- task its state lives here (token, attempt, worker, started_at), so a claim
+-- writes this row only; pgflow.tasks is written when an attempt ends.
 create table pgflow.queue (
     task_id          bigint primary key,
     flow_slug        text not null,
     visible_at       timestamptz not null,
-    -- null while queued; set by the claim and extended by heartbeats.
-    lease_expires_at timestamptz
+    -- Set by the claim that holds the task (null while queued).
+    lease_expires_at timestamptz,
+    -- The fence: drawn at random by each claim; an answer must carry it.
+    token            bigint,
+    -- Attempts started so far, this one included while held.
+    attempt          integer not null default 0,
+    worker_id        uuid,
+    started_at       timestamptz
 ) with (fillfactor = 50);
 -- Claims walk this per flow, oldest first: tasks of flows a supervisor does
 -- not serve cost it nothing.
@@ -44,22 +52,46 @@ create index queue_claimable on pgflow.queue (flow_slug, visible_at, task_id)
 create index queue_leased on pgflow.queue (lease_expires_at)
     where lease_expires_at is not null;
 
-insert into pgflow.queue (task_id, flow_slug, visible_at, lease_expires_at)
+insert into pgflow.queue (task_id, flow_slug, visible_at, lease_expires_at, token, attempt,
+                          worker_id, started_at)
 select task_id, flow_slug, visible_at,
-       case when status = 'started' then coalesce(lease_expires_at, now()) end
+       case when status = 'started' then coalesce(lease_expires_at, now()) end,
+       case when status = 'started' then 0 end,
+       attempt, worker_id, started_at
 from pgflow.tasks
 where status in ('queued', 'started');
 
+-- pgflow.tasks is the history: 'queued' until an attempt's end is final
+-- (completed, failed, cancelled); whether it runs now is in pgflow.queue (and
+-- in the view pgflow.task_states).
+update pgflow.tasks set status = 'queued' where status = 'started';
+alter table pgflow.tasks drop constraint tasks_status_check;
+alter table pgflow.tasks add constraint tasks_status_check
+    check (status in ('queued', 'completed', 'failed', 'cancelled'));
 drop index pgflow.tasks_claimable;
 drop index pgflow.tasks_started_lease;
 alter table pgflow.tasks drop column lease_expires_at;
--- The fence: drawn at random by each claim (0 until the first claim).
-alter table pgflow.tasks add column token bigint not null default 0;
 -- Room on each page for the next versions of a row, so updates stay HOT and
 -- pages are pruned without waiting for vacuum.
 alter table pgflow.tasks set (fillfactor = 70);
 alter table pgflow.step_states set (fillfactor = 70);
 alter table pgflow.runs set (fillfactor = 70);
+
+-- Tasks as they stand now: history joined with what is held. 'started' means
+-- a claim holds the task (it may still be buffered by its supervisor).
+create view pgflow.task_states as
+select t.task_id, t.run_id, t.flow_slug, t.step_slug, t.task_index,
+       case when q.lease_expires_at is not null then 'started' else t.status end as status,
+       coalesce(q.attempt, t.attempt) as attempt,
+       t.input, t.output, t.error, t.errors,
+       coalesce(q.visible_at, t.visible_at) as visible_at,
+       q.lease_expires_at,
+       coalesce(q.worker_id, t.worker_id) as worker_id,
+       t.queued_at,
+       coalesce(q.started_at, t.started_at) as started_at,
+       t.completed_at, t.failed_at
+from pgflow.tasks t
+left join pgflow.queue q on q.task_id = t.task_id;
 
 -- Listing runs by flow, newest first, without an index on status (which
 -- changes, and would make every update of a run a non-HOT one).
@@ -119,32 +151,53 @@ drop function pgflow.release_tasks(bigint[], integer[]);
 drop function pgflow.heartbeat(uuid, bigint[], numeric);
 drop function pgflow.requeue_expired(integer);
 drop function pgflow._answer_report(bigint[], uuid[]);
+drop function pgflow._lock_runs_of_tasks(bigint[]);
 
--- Parallel arrays must be parallel: a missing element would otherwise
--- become a SQL NULL output or error.
-create function pgflow._check_lengths(p_what text, variadic p_lengths integer[])
-returns void
+-- Batches of answers arrive as one JSON array of arrays, [task_id, token, ...]:
+-- a supervisor passes handlers' outputs through without decoding them.
+-- Refuse anything else with a clear error rather than a null somewhere.
+create function pgflow._answers(p_what text, p_answers jsonb, p_width integer)
+returns table (task_id bigint, token bigint, a jsonb)
 language plpgsql immutable as $$
 begin
-    if (select count(distinct coalesce(l, 0)) from unnest(p_lengths) l) > 1 then
+    if jsonb_typeof(p_answers) is distinct from 'array' or exists (
+        select 1 from jsonb_array_elements(p_answers) x
+        where jsonb_typeof(x) <> 'array' or jsonb_array_length(x) < p_width
+           or jsonb_typeof(x -> 0) <> 'number' or jsonb_typeof(x -> 1) <> 'number'
+    ) then
         raise exception using
             errcode = 'PF002',
-            message = format('%s: the arrays have different lengths (%s)', p_what,
-                             array_to_string(p_lengths, ', ', 'null'));
+            message = format('%s: expected a JSON array of [task_id, token%s] arrays', p_what,
+                             repeat(', ...', p_width - 2));
     end if;
+    return query select (x ->> 0)::bigint, (x ->> 1)::bigint, x
+                 from jsonb_array_elements(p_answers) x;
 end;
 $$;
 
--- Lock the runs of these tasks in run_id order: the first lock every batch
--- that changes a run's bookkeeping takes.
-create or replace function pgflow._lock_runs_of_tasks(p_task_ids bigint[]) returns void
+-- Lock the started runs of these tasks, in run_id order (the first lock
+-- every batch that changes a run's bookkeeping takes). With p_skip_locked,
+-- runs another transaction holds are left out instead of waited for: their
+-- answers are deferred, the others written. Returns the runs locked.
+create function pgflow._lock_runs_of_tasks(p_task_ids bigint[], p_skip_locked boolean)
+returns uuid[]
 language plpgsql as $$
 begin
-    perform 1 from pgflow.runs r
-    where r.run_id in (select t.run_id from pgflow.tasks t where t.task_id = any (p_task_ids))
-      and r.status = 'started'
-    order by r.run_id
-    for no key update of r;
+    if p_skip_locked then
+        return array(
+            select r.run_id from pgflow.runs r
+            where r.run_id in (select t.run_id from pgflow.tasks t
+                               where t.task_id = any (p_task_ids))
+              and r.status = 'started'
+            order by r.run_id
+            for no key update of r skip locked);
+    end if;
+    return array(
+        select r.run_id from pgflow.runs r
+        where r.run_id in (select t.run_id from pgflow.tasks t where t.task_id = any (p_task_ids))
+          and r.status = 'started'
+        order by r.run_id
+        for no key update of r);
 end;
 $$;
 
@@ -186,19 +239,20 @@ begin
 end;
 $$;
 
--- Cancel every unfinished task and step state of these runs (their run
--- locks are held by the caller): queue rows first, then tasks (lock order).
+-- Cancel every unfinished task and step state of these runs (the caller
+-- holds their run locks): queue rows first, then tasks (lock order).
 create function pgflow._cancel_unfinished(p_run_ids uuid[]) returns void
 language plpgsql as $$
 begin
     with unfinished as (
         delete from pgflow.queue q
         using pgflow.tasks t
-        where t.run_id = any (p_run_ids) and t.status in ('queued', 'started')
-          and q.task_id = t.task_id
-        returning q.task_id
+        where t.run_id = any (p_run_ids) and t.status = 'queued' and q.task_id = t.task_id
+        returning q.task_id, q.attempt, q.worker_id, q.started_at
     )
-    update pgflow.tasks t set status = 'cancelled'
+    update pgflow.tasks t
+    set status = 'cancelled', attempt = u.attempt, worker_id = u.worker_id,
+        started_at = u.started_at
     from unfinished u
     where t.task_id = u.task_id;
 
@@ -430,9 +484,12 @@ declare
     v_ids uuid[];
     v_created uuid[];
 begin
-    if p_run_ids is not null then
-        perform pgflow._check_lengths(format('start_flows(%L)', p_flow_slug),
-                                      cardinality(p_inputs), cardinality(p_run_ids));
+    if p_run_ids is not null and cardinality(p_run_ids) <> cardinality(p_inputs) then
+        raise exception using
+            errcode = 'PF002',
+            message = format('start_flows(%L): %s inputs but %s run ids', p_flow_slug,
+                             cardinality(p_inputs), cardinality(p_run_ids)),
+            hint = 'Give one run id (or null) per input.';
     end if;
 
     -- Shared with every other start; register_flow(replace) takes it exclusively.
@@ -580,14 +637,15 @@ $$;
 -- Each comes with a fresh token (the fence its answer must carry), its
 -- handler input (flow input for a root single step, a map of dependency
 -- outputs keyed by slug for a dependent single step, the element for a map
--- task), its attempt number and effective timeout. Its lease runs until
--- now() + timeout + p_lease_grace seconds.
+-- task), its attempt number and effective timeout, and how long it had been
+-- visible. Its lease runs until now() + timeout + p_lease_grace seconds.
+-- Only queue rows are written.
 create function pgflow.claim_tasks(
     p_worker_id uuid, p_flows text[], p_limit integer, p_lease_grace numeric default 30
 ) returns table (
     task_id bigint, token bigint, run_id uuid, flow_slug text, step_slug text,
     task_index integer, attempt integer, timeout_ms integer, input jsonb,
-    input_is_flow_input boolean, visible_at timestamptz
+    input_is_flow_input boolean, waited_s double precision
 )
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -612,25 +670,22 @@ begin
         ) q
         order by q.visible_at, q.task_id
         limit p_limit
-    ), claimed as (
-        update pgflow.tasks t
-        set status = 'started', attempt = t.attempt + 1, started_at = now(),
-            worker_id = p_worker_id,
-            token = (random() * 9.2e18)::bigint
-        from picked
-        where t.task_id = picked.task_id
-        returning t.task_id, t.token, t.run_id, t.flow_slug, t.step_slug, t.task_index,
-                  t.attempt, t.input, picked.visible_at
     ), policy as (
-        select c.*, s.step_type, s.deps_count, coalesce(s.timeout, f.timeout) as timeout
-        from claimed c
-        join pgflow.steps s on s.flow_slug = c.flow_slug and s.step_slug = c.step_slug
-        join pgflow.flows f on f.flow_slug = c.flow_slug
+        select p.task_id, p.visible_at, t.run_id, t.flow_slug, t.step_slug, t.task_index,
+               t.input, s.step_type, s.deps_count, coalesce(s.timeout, f.timeout) as timeout
+        from picked p
+        join pgflow.tasks t on t.task_id = p.task_id
+        join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
+        join pgflow.flows f on f.flow_slug = t.flow_slug
     ), leased as (
         update pgflow.queue q
-        set lease_expires_at = now() + (p.timeout + p_lease_grace) * interval '1 second'
+        set lease_expires_at = now() + (p.timeout + p_lease_grace) * interval '1 second',
+            token = (random() * 9.2e18)::bigint, attempt = q.attempt + 1,
+            worker_id = p_worker_id, started_at = now()
         from policy p
         where q.task_id = p.task_id
+        returning q.task_id, q.token, q.attempt, p.visible_at, p.run_id, p.flow_slug,
+                  p.step_slug, p.task_index, p.input, p.step_type, p.deps_count, p.timeout
     )
     select p.task_id, p.token, p.run_id, p.flow_slug, p.step_slug, p.task_index, p.attempt,
            ceil(p.timeout * 1000)::int,
@@ -646,8 +701,8 @@ begin
                      where d.flow_slug = p.flow_slug and d.step_slug = p.step_slug)
            end,
            p.step_type = 'single' and p.deps_count = 0,
-           p.visible_at
-    from policy p
+           extract(epoch from now() - p.visible_at)::float8
+    from leased p
     order by p.visible_at, p.task_id;
 end;
 $$;
@@ -670,13 +725,14 @@ as $$
     ) n;
 $$;
 
--- What complete_tasks / fail_tasks report for the tasks they accepted: the
--- run's final status and duration on one row per run that finished during
--- the call (its tasks were all in started runs when the call began).
-create function pgflow._answer_report(p_task_ids bigint[], p_run_ids uuid[])
-returns table (task_id bigint, run_status text, run_seconds double precision)
+-- What complete_tasks / fail_tasks report: a row per accepted task, with the
+-- run's final status and duration on one task of each run that finished
+-- during the call; and a row per deferred task (its run was locked by
+-- another transaction: send the answer again).
+create function pgflow._answer_report(p_task_ids bigint[], p_run_ids uuid[], p_deferred bigint[])
+returns table (task_id bigint, deferred boolean, run_status text, run_seconds double precision)
 language sql stable as $$
-    select a.task_id,
+    select a.task_id, false,
            case when a.first_of_run and r.status <> 'started' then r.status end,
            case when a.first_of_run and r.status <> 'started' then
                extract(epoch from coalesce(r.completed_at, r.failed_at, r.cancelled_at)
@@ -684,15 +740,17 @@ language sql stable as $$
     from (select x.task_id, x.run_id,
                  row_number() over (partition by x.run_id order by x.task_id) = 1 as first_of_run
           from unnest(p_task_ids, p_run_ids) as x(task_id, run_id)) a
-    join pgflow.runs r on r.run_id = a.run_id;
+    join pgflow.runs r on r.run_id = a.run_id
+    union all
+    select d, true, null, null from unnest(p_deferred) as d;
 $$;
 
--- Complete many tasks in one call (parallel arrays). Only the claim holding
--- a task (same token, still started) can complete it; the other answers are
--- stale and change nothing. Returns a row per accepted task.
-create function pgflow.complete_tasks(
-    p_task_ids bigint[], p_tokens bigint[], p_outputs jsonb[]
-) returns table (task_id bigint, run_status text, run_seconds double precision)
+-- Complete many tasks in one call: p_answers is [[task_id, token, output],
+-- ...]. Only the claim holding a task (same token) can complete it; stale
+-- answers change nothing and are left out of the result. A task whose run
+-- another transaction has locked is deferred (reported, not written).
+create function pgflow.complete_tasks(p_answers jsonb)
+returns table (task_id bigint, deferred boolean, run_status text, run_seconds double precision)
 language plpgsql
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
@@ -700,26 +758,38 @@ set enable_bitmapscan = off
 as $$
 #variable_conflict use_column
 declare
+    v_locked uuid[];
     v_accepted bigint[];
     v_accepted_runs uuid[];
+    v_deferred bigint[];
     v_runs uuid[];
     v_steps text[];
     v_map_runs uuid[];
     v_map_steps text[];
     v_ready uuid[];
 begin
-    perform pgflow._check_lengths('complete_tasks', cardinality(p_task_ids),
-                                  cardinality(p_tokens), cardinality(p_outputs));
-    perform pgflow._lock_runs_of_tasks(p_task_ids);
+    v_locked := pgflow._lock_runs_of_tasks(
+        array(select x.task_id from pgflow._answers('complete_tasks', p_answers, 3) x), true);
 
     with answer as (
-        select * from unnest(p_task_ids, p_tokens, p_outputs) as a(task_id, token, output)
+        select x.task_id, x.token, x.a -> 2 as output
+        from pgflow._answers('complete_tasks', p_answers, 3) x
+    ), held as (
+        -- Two answers for one task (a supervisor that paused past its lease and
+        -- claimed the task again) complete it once.
+        select distinct on (q.task_id) q.task_id, q.attempt, q.worker_id, q.started_at,
+               answer.output, t.run_id
+        from answer
+        join pgflow.queue q on q.task_id = answer.task_id and q.token = answer.token
+                           and q.lease_expires_at is not null
+        join pgflow.tasks t on t.task_id = q.task_id
+        order by q.task_id
     ), done as (
         update pgflow.tasks t
-        set status = 'completed', output = coalesce(answer.output, 'null'::jsonb),
-            completed_at = now()
-        from answer
-        where t.task_id = answer.task_id and t.token = answer.token and t.status = 'started'
+        set status = 'completed', output = held.output, attempt = held.attempt,
+            worker_id = held.worker_id, started_at = held.started_at, completed_at = now()
+        from held
+        where t.task_id = held.task_id and held.run_id = any (v_locked)
         returning t.task_id, t.run_id, t.step_slug, t.output
     ), dequeued as (
         delete from pgflow.queue q using done where q.task_id = done.task_id
@@ -741,13 +811,14 @@ begin
     )
     select (select array_agg(task_id) from done),
            (select array_agg(run_id) from done),
+           (select array_agg(task_id) from held where run_id <> all (v_locked)),
            (select array_agg(run_id) from steps_done where status = 'completed'),
            (select array_agg(step_slug) from steps_done where status = 'completed'),
            (select array_agg(run_id) from steps_done
             where status = 'completed' and step_type = 'map'),
            (select array_agg(step_slug) from steps_done
             where status = 'completed' and step_type = 'map')
-    into v_accepted, v_accepted_runs, v_runs, v_steps, v_map_runs, v_map_steps;
+    into v_accepted, v_accepted_runs, v_deferred, v_runs, v_steps, v_map_runs, v_map_steps;
 
     if v_map_runs is not null then
         update pgflow.step_states ss
@@ -765,18 +836,21 @@ begin
         end if;
     end if;
 
-    return query select * from pgflow._answer_report(v_accepted, v_accepted_runs);
+    return query select * from pgflow._answer_report(v_accepted, v_accepted_runs, v_deferred);
 end;
 $$;
 
--- Fail many tasks in one call (parallel arrays). An attempt below the step's
+-- Fail many attempts in one call: p_answers is [[task_id, token, error,
+-- details], ...] where error is the message kept in tasks.error and details
+-- (optional, an object such as {"type": ..., "traceback": ...}) is merged
+-- into the attempt's entry in tasks.errors. An attempt below the step's
 -- max_attempts is retried after base_delay * 2^(attempt-1) seconds (capped
--- at one hour); the last one fails the step and the run. Every error is kept
--- in tasks.errors. Returns a row per accepted task, with whether it will be
--- retried (stale answers change nothing).
-create function pgflow.fail_tasks(
-    p_task_ids bigint[], p_tokens bigint[], p_errors text[]
-) returns table (task_id bigint, retry boolean, run_status text, run_seconds double precision)
+-- at one hour); the last one fails the step and the run. Stale answers
+-- change nothing; a task whose run is locked by another transaction is
+-- deferred. Rows say whether each accepted task will be retried.
+create function pgflow.fail_tasks(p_answers jsonb)
+returns table (task_id bigint, retry boolean, deferred boolean, run_status text,
+               run_seconds double precision)
 language plpgsql
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
@@ -784,64 +858,71 @@ set enable_bitmapscan = off
 as $$
 #variable_conflict use_column
 declare
+    v_locked uuid[];
     v_accepted bigint[];
     v_accepted_runs uuid[];
+    v_deferred bigint[];
     v_retried bigint[];
     v_fail_runs uuid[];
     v_fail_steps text[];
     v_fail_errors text[];
     v_retry_flows text[];
 begin
-    perform pgflow._check_lengths('fail_tasks', cardinality(p_task_ids),
-                                  cardinality(p_tokens), cardinality(p_errors));
-    perform pgflow._lock_runs_of_tasks(p_task_ids);
+    v_locked := pgflow._lock_runs_of_tasks(
+        array(select x.task_id from pgflow._answers('fail_tasks', p_answers, 3) x), true);
 
     with answer as (
-        select * from unnest(p_task_ids, p_tokens, p_errors) as a(task_id, token, error)
+        select x.task_id, x.token,
+               coalesce(nullif(x.a ->> 2, ''), 'Unknown error') as error,
+               case when jsonb_typeof(x.a -> 3) = 'object' then x.a -> 3 else '{}' end as details
+        from pgflow._answers('fail_tasks', p_answers, 3) x
+    ), held as (
+        select distinct on (q.task_id) q.task_id, q.attempt, q.worker_id, q.started_at,
+               answer.error, answer.details, t.run_id,
+               q.attempt < coalesce(s.max_attempts, f.max_attempts) as retry,
+               least(coalesce(s.base_delay, f.base_delay)
+                     * power(2::numeric, least(q.attempt - 1, 20)), 3600) as delay
+        from answer
+        join pgflow.queue q on q.task_id = answer.task_id and q.token = answer.token
+                           and q.lease_expires_at is not null
+        join pgflow.tasks t on t.task_id = q.task_id
+        join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
+        join pgflow.flows f on f.flow_slug = t.flow_slug
+        order by q.task_id
     ), failed as (
         update pgflow.tasks t
-        set status = case when t.attempt < p.max_attempts then 'queued' else 'failed' end,
-            error = p.error,
-            errors = t.errors || jsonb_build_array(jsonb_build_object(
-                'attempt', t.attempt, 'error', p.error, 'at', now())),
-            visible_at = case when t.attempt < p.max_attempts
-                              then now() + least(p.base_delay * power(2::numeric,
-                                                 least(t.attempt - 1, 20)), 3600)
-                                           * interval '1 second'
+        set status = case when h.retry then 'queued' else 'failed' end,
+            attempt = h.attempt, worker_id = h.worker_id, started_at = h.started_at,
+            error = h.error,
+            errors = t.errors || jsonb_build_array(h.details || jsonb_build_object(
+                'attempt', h.attempt, 'error', h.error, 'at', now())),
+            visible_at = case when h.retry then now() + h.delay * interval '1 second'
                               else t.visible_at end,
-            failed_at = case when t.attempt < p.max_attempts then null else now() end,
-            worker_id = null
-        from (
-            select answer.task_id, answer.token,
-                   coalesce(answer.error, 'Unknown error') as error,
-                   coalesce(s.max_attempts, f.max_attempts) as max_attempts,
-                   coalesce(s.base_delay, f.base_delay) as base_delay
-            from answer
-            join pgflow.tasks t on t.task_id = answer.task_id
-            join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
-            join pgflow.flows f on f.flow_slug = t.flow_slug
-        ) p
-        where t.task_id = p.task_id and t.token = p.token and t.status = 'started'
-        returning t.task_id, t.run_id, t.flow_slug, t.step_slug, t.status, t.error, t.visible_at
+            failed_at = case when h.retry then null else now() end
+        from held h
+        where t.task_id = h.task_id and h.run_id = any (v_locked)
+        returning t.task_id, t.run_id, t.flow_slug, t.step_slug, h.retry, t.error, t.visible_at
     ), requeued as (
         update pgflow.queue q
-        set visible_at = failed.visible_at, lease_expires_at = null
+        set visible_at = failed.visible_at, lease_expires_at = null, token = null,
+            worker_id = null, started_at = null
         from failed
-        where q.task_id = failed.task_id and failed.status = 'queued'
+        where q.task_id = failed.task_id and failed.retry
     ), dequeued as (
         delete from pgflow.queue q
         using failed
-        where q.task_id = failed.task_id and failed.status = 'failed'
+        where q.task_id = failed.task_id and not failed.retry
     )
     select (select array_agg(task_id) from failed),
            (select array_agg(run_id) from failed),
-           (select array_agg(task_id) from failed where status = 'queued'),
-           (select array_agg(run_id) from failed where status = 'failed'),
-           (select array_agg(step_slug) from failed where status = 'failed'),
-           (select array_agg(error) from failed where status = 'failed'),
-           (select array_agg(distinct flow_slug) from failed where status = 'queued')
-    into v_accepted, v_accepted_runs, v_retried, v_fail_runs, v_fail_steps, v_fail_errors,
-         v_retry_flows;
+           (select array_agg(task_id) from held where run_id <> all (v_locked)),
+           (select array_agg(task_id) from failed where retry),
+           (select array_agg(run_id) from failed where not retry),
+           (select array_agg(step_slug) from failed where not retry),
+           (select array_agg(error) from failed where not retry),
+           (select array_agg(distinct flow_slug) from failed where retry)
+    into v_accepted, v_accepted_runs, v_deferred, v_retried, v_fail_runs, v_fail_steps,
+         v_fail_errors, v_retry_flows;
 
     if v_fail_runs is not null then
         perform pgflow._fail_runs(v_fail_runs, v_fail_steps, v_fail_errors);
@@ -851,14 +932,17 @@ begin
     end if;
 
     return query
-    select r.task_id, r.task_id = any (coalesce(v_retried, '{}')), r.run_status, r.run_seconds
-    from pgflow._answer_report(v_accepted, v_accepted_runs) r;
+    select r.task_id, r.task_id = any (coalesce(v_retried, '{}')), r.deferred, r.run_status,
+           r.run_seconds
+    from pgflow._answer_report(v_accepted, v_accepted_runs, v_deferred) r;
 end;
 $$;
 
 -- Give tasks back without charging an attempt (a supervisor shutting down
--- releases what it buffered or could not finish). Fenced like answers.
-create function pgflow.release_tasks(p_task_ids bigint[], p_tokens bigint[])
+-- releases what it buffered or could not finish): p_tasks is [[task_id,
+-- token], ...]. Fenced like answers; waits for run locks. Returns the ids
+-- released.
+create function pgflow.release_tasks(p_tasks jsonb)
 returns setof bigint
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -869,27 +953,16 @@ declare
     v_released bigint[];
     v_flows text[];
 begin
-    perform pgflow._check_lengths('release_tasks', cardinality(p_task_ids), cardinality(p_tokens));
-    perform pgflow._lock_runs_of_tasks(p_task_ids);
+    perform pgflow._lock_runs_of_tasks(
+        array(select x.task_id from pgflow._answers('release_tasks', p_tasks, 2) x), false);
 
-    with held as (
-        select t.task_id
-        from unnest(p_task_ids, p_tokens) as a(task_id, token)
-        join pgflow.tasks t on t.task_id = a.task_id and t.token = a.token
-                           and t.status = 'started'
-    ), requeued as (
+    with released as (
         update pgflow.queue q
-        set visible_at = now(), lease_expires_at = null
-        from held
-        where q.task_id = held.task_id
-        returning q.task_id
-    ), released as (
-        update pgflow.tasks t
-        set status = 'queued', attempt = t.attempt - 1, visible_at = now(),
-            started_at = null, worker_id = null
-        from requeued
-        where t.task_id = requeued.task_id
-        returning t.task_id, t.flow_slug
+        set visible_at = now(), lease_expires_at = null, token = null,
+            attempt = q.attempt - 1, worker_id = null, started_at = null
+        from pgflow._answers('release_tasks', p_tasks, 2) x
+        where q.task_id = x.task_id and q.token = x.token and q.lease_expires_at is not null
+        returning q.task_id, q.flow_slug
     )
     select array_agg(task_id), array_agg(distinct flow_slug) into v_released, v_flows
     from released;
@@ -906,56 +979,54 @@ $$;
 -- ---------------------------------------------------------------------------
 
 -- A live worker's heartbeat: mark it alive and extend the leases of the
--- tasks it still holds to at least now() + p_lease_grace. Returns the ids of
--- the tasks it no longer holds (requeued after their lease expired,
--- cancelled, answered by another claim): the supervisor drops them. A task
--- whose queue row is locked right now (being answered, requeued or
--- cancelled) is skipped, neither extended nor reported.
-create function pgflow.heartbeat(
-    p_worker_id uuid, p_task_ids bigint[], p_tokens bigint[], p_lease_grace numeric default 30
-) returns setof bigint
+-- tasks it still holds (p_tasks: [[task_id, token], ...]) to at least
+-- now() + p_lease_grace. Returns the ids of the tasks it no longer holds
+-- (requeued after their lease expired, cancelled, answered by another claim):
+-- the supervisor drops them. A task whose queue row is locked right now
+-- (being answered, requeued or cancelled) is skipped, neither extended nor
+-- reported: a heartbeat never waits.
+create function pgflow.heartbeat(p_worker_id uuid, p_tasks jsonb, p_lease_grace numeric default 30)
+returns setof bigint
 language plpgsql
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 set enable_bitmapscan = off
 as $$
 begin
-    perform pgflow._check_lengths('heartbeat', cardinality(p_task_ids), cardinality(p_tokens));
     update pgflow.workers set last_heartbeat_at = now(), stopped_at = null
     where worker_id = p_worker_id;
 
     return query
     with held as (
-        select a.task_id, a.token
-        from unnest(p_task_ids, p_tokens) as a(task_id, token)
+        select x.task_id, x.token from pgflow._answers('heartbeat', p_tasks, 2) x
     ), lockable as (
         select q.task_id
         from pgflow.queue q
-        where q.task_id in (select task_id from held) and q.lease_expires_at is not null
-        for update skip locked
+        join held h on h.task_id = q.task_id and h.token = q.token
+        where q.lease_expires_at is not null
+        for update of q skip locked
     ), extended as (
         update pgflow.queue q
         set lease_expires_at = greatest(q.lease_expires_at,
                                         now() + p_lease_grace * interval '1 second')
-        from lockable l, pgflow.tasks t, held h
-        where q.task_id = l.task_id and t.task_id = l.task_id and h.task_id = l.task_id
-          and t.token = h.token and t.status = 'started'
+        from lockable l
+        where q.task_id = l.task_id
         returning q.task_id
     )
     select h.task_id
     from held h
     where not exists (select 1 from extended e where e.task_id = h.task_id)
-      and not exists (select 1 from pgflow.tasks t
-                      where t.task_id = h.task_id and t.token = h.token
-                        and t.status = 'started');
+      and not exists (select 1 from pgflow.queue q
+                      where q.task_id = h.task_id and q.token = h.token
+                        and q.lease_expires_at is not null);
 end;
 $$;
 
 -- Requeue tasks whose lease expired (their supervisor died or froze). The
 -- lost attempt counts: it goes through fail_tasks, so retries and backoff
 -- follow the step's policy and a late answer from that attempt is ignored.
--- The lease is checked again under the locks fail_tasks takes (a heartbeat
--- that extended it meanwhile wins).
+-- The lease is read again under the locks (a heartbeat that extended it
+-- meanwhile wins); runs locked by others wait for the next call.
 create function pgflow.requeue_expired(p_limit integer default 1000) returns integer
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -964,8 +1035,7 @@ set enable_bitmapscan = off
 as $$
 declare
     v_ids bigint[];
-    v_tokens bigint[];
-    v_errors text[];
+    v_expired jsonb;
 begin
     select array_agg(q.task_id) into v_ids
     from (select q.task_id from pgflow.queue q
@@ -976,23 +1046,24 @@ begin
         return 0;
     end if;
 
-    -- Runs first (lock order), then the queue rows, then re-read the lease.
-    perform pgflow._lock_runs_of_tasks(v_ids);
-    select array_agg(t.task_id), array_agg(t.token),
-           array_agg(format('Lease expired after %s: worker %s (%s) stopped answering',
-                            date_trunc('second', now() - t.started_at),
-                            coalesce(w.hostname || ' pid ' || w.pid, 'unknown'),
-                            coalesce(t.worker_id::text, 'unknown')))
-    into v_ids, v_tokens, v_errors
-    from (select q.task_id from pgflow.queue q
+    -- Runs first (lock order), then the queue rows, then read the lease again.
+    perform pgflow._lock_runs_of_tasks(v_ids, true);
+    select jsonb_agg(jsonb_build_array(
+               q.task_id, q.token,
+               format('Lease expired after %s: worker %s (%s) stopped answering',
+                      date_trunc('second', now() - q.started_at),
+                      coalesce(w.hostname || ' pid ' || w.pid, 'unknown'),
+                      coalesce(q.worker_id::text, 'unknown')),
+               jsonb_build_object('type', 'LeaseExpired')))
+    into v_expired
+    from (select q.* from pgflow.queue q
           where q.task_id = any (v_ids) and q.lease_expires_at < now()
-          for update of q skip locked) expired
-    join pgflow.tasks t on t.task_id = expired.task_id and t.status = 'started'
-    left join pgflow.workers w on w.worker_id = t.worker_id;
+          for update of q skip locked) q
+    left join pgflow.workers w on w.worker_id = q.worker_id;
 
-    if v_ids is null then
+    if v_expired is null then
         return 0;
     end if;
-    return (select count(*) from pgflow.fail_tasks(v_ids, v_tokens, v_errors));
+    return (select count(*) from pgflow.fail_tasks(v_expired) f where not f.deferred);
 end;
 $$;

@@ -7,7 +7,7 @@ from pgflow.step_states ss
 left join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
 left join lateral (
     select max(t.attempt) as attempts
-    from pgflow.tasks t
+    from pgflow.task_states t
     where t.run_id = ss.run_id and t.step_slug = ss.step_slug
 ) a on true
 where ss.run_id = %(run_id)s

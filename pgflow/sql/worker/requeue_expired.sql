@@ -1,0 +1,1 @@
+select pgflow.requeue_expired($1::int) as requeued

@@ -1,0 +1,1 @@
+select pgflow.stop_worker($1::uuid)

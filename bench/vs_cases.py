@@ -81,6 +81,7 @@ def timed_round(side: Side, workload: str, count: int, processes: int) -> dict:
         "fill_returned_to_seen_done_seconds": round(wall, 3),
         "cpu_seconds": {role: round(v, 3) for role, v in used.items()},
         "cpu_us_per_task": {role: round(v / tasks * 1e6, 1) for role, v in used.items()},
+        "cores_busy": {role: round(v / seconds, 2) for role, v in used.items()},
         "machine_busy_cpu_seconds": round(machine_busy, 2),
         # Busy CPU this side's processes do not account for, as a share of the
         # machine: other people's work on this box, the benchmark's own polling,

@@ -89,6 +89,7 @@ def _drain(drain: dict) -> str:
             for side, median in drain["median_tasks_per_second"].items()]
     text = f"drain: {drain['jobs']:,} pre-filled single-step no-op jobs, 2 processes each, tasks/s\n"
     text += table(["side", *[f"round {i + 1}" for i in range(len(rows[0]) - 2)], "median"], rows)
+    text += _noise(drain["rounds"])
     if "ratio_ours_over_pgqueuer" in drain:
         ratio = drain["ratio_ours_over_pgqueuer"]
         text += f"\nours / PgQueuer = {ratio:.2f} (target >= {drain['target_ratio']}: {_met(ratio >= 1.5)})"
@@ -99,6 +100,7 @@ def _chains(chains: dict) -> str:
     per_round = ", ".join(f"{r['chains_per_second']:,.0f}" for r in chains["rounds"])
     text = (f"three-step chains (a -> b -> c), {chains['chains']:,} pre-filled, ours: {per_round} chains/s, "
             f"median {chains['median_chains_per_second']:,.0f}")
+    text += _noise(chains["rounds"])
     ratio = chains["chains_over_drain_thirds"]
     if ratio is None:
         return text + "\n(chains/s / (drain tasks/s / 3) needs the drain case in the same run)"
@@ -129,7 +131,10 @@ def _cpu_bound(cpu: dict) -> str:
             f"{cpu['burn_ms_idle_core']} ms on an idle core), {cpu['tasks']:,} tasks, ours, tasks/s\n")
     text += table(["", *[f"round {i + 1}" for i in range(len(rows[0]) - 2)], "median"], rows)
     ratio = cpu["ratio_2_over_1"]
-    return text + f"\n2 processes / 1 = {ratio:.2f} (target >= {cpu['target_ratio']}: {_met(ratio >= 1.8)})"
+    text += f"\n2 processes / 1 = {ratio:.2f} (target >= {cpu['target_ratio']}: {_met(ratio >= 1.8)})"
+    busy = ", ".join(f"{r['cores_busy']['executors']:.2f} (--processes {r['processes']}, round {r['round']})"
+                     for r in cpu["rounds"])
+    return text + f"\nexecutors kept this many cores busy: {busy}" + _noise(cpu["rounds"])
 
 
 def _cpu_split(drain: dict) -> str:
@@ -154,8 +159,18 @@ def _dead_tuples(results: dict) -> str:
             if r["round"] == 1:
                 for name, t in r["dead_tuples_after"].items():
                     rows.append([f"{case}, {r['side']}: {name}", t["live"], t["dead"], t["source"]])
-    return ("tuples at the end of round 1 (no vacuum ran during it)\n"
+    return ("tuples at the end of round 1 (no vacuum ran; page pruning removes some dead ones)\n"
             + table(["", "live", "dead", "counted by"], rows))
+
+
+def _noise(rounds: list[dict], threshold: float = 25.0) -> str:
+    """A warning when processes other than the measured side's kept the
+    machine busy: on 2 cores that takes CPU the side would have used."""
+    worst = max(r["others_busy_percent"] for r in rounds)
+    if worst < threshold:
+        return ""
+    return (f"\nnoisy: the rest of the machine (other users, the benchmark's polling, Postgres' "
+            f"background processes) was up to {worst:.0f}% busy during these rounds")
 
 
 def _met(ok: bool) -> str:

@@ -14,8 +14,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
 from bench_flows import spin
-from vs_cpu import CpuGroups, machine_cpu, snapshot, spent
+from vs_cpu import CpuGroups, bench_cpu, machine_cpu, snapshot, spent
 from vs_ours import Ours
 from vs_processes import BenchTimeout, Child, wait_until
 
@@ -39,6 +40,7 @@ class Side(Protocol):
     name: str
     log_path: Path
     tasks_per_run: dict[str, int]
+    conn: psycopg.Connection  # the benchmark's own: fills and polls
 
     def reset(self) -> None: ...
     def workers(self, processes: int) -> AbstractContextManager[Workers]: ...
@@ -54,14 +56,18 @@ Report = Callable[[str, dict], None]
 
 def timed_round(side: Side, workload: str, count: int, processes: int) -> dict:
     side.reset()
+    own_backend = side.conn.info.backend_pid
     with side.workers(processes) as workers:
         time.sleep(SETTLE)
         before = snapshot(workers.cpu_groups())
+        machine_before, bench_before, started = machine_cpu(), bench_cpu(own_backend), time.monotonic()
         side.fill(workload, count)
-        machine_before, filled = machine_cpu(), time.monotonic()
+        filled = time.monotonic()
         seen = _wait_finished(side, workload, count, workers.children)
-        machine_busy = machine_cpu() - machine_before
         used = spent(before, snapshot(workers.cpu_groups()))
+        machine = machine_cpu() - machine_before
+        bench = bench_cpu(own_backend) - bench_before
+        elapsed = time.monotonic() - started
     wait_until(lambda: not workers.cpu_groups().roles["postgres backends"], 10,
                f"{side.name}: backends closing")
     window = side.window(workload)
@@ -71,22 +77,24 @@ def timed_round(side: Side, workload: str, count: int, processes: int) -> dict:
                            f"complete, {window['attempts']} attempts for {tasks} tasks; "
                            f"see {side.log_path}")
     seconds = float(window["seconds"])
-    wall = seen - filled
-    side_cpu = sum(used.values())
+    others = max(machine - sum(used.values()) - bench, 0.0)
     return {
         "runs": count, "tasks": tasks, "processes": processes,
         "seconds": round(seconds, 3),
         "tasks_per_second": round(tasks / seconds, 1),
         "runs_per_second": round(count / seconds, 1),
-        "fill_returned_to_seen_done_seconds": round(wall, 3),
+        "fill_seconds": round(filled - started, 3),
+        "fill_returned_to_seen_done_seconds": round(seen - filled, 3),
         "cpu_seconds": {role: round(v, 3) for role, v in used.items()},
         "cpu_us_per_task": {role: round(v / tasks * 1e6, 1) for role, v in used.items()},
         "cores_busy": {role: round(v / seconds, 2) for role, v in used.items()},
-        "machine_busy_cpu_seconds": round(machine_busy, 2),
-        # Busy CPU this side's processes do not account for, as a share of the
-        # machine: other people's work on this box, the benchmark's own polling,
-        # Postgres' background processes. High values mean a noisy round.
-        "others_busy_percent": round(max(machine_busy - side_cpu, 0) / (wall * CPUS) * 100, 1),
+        # From just before the fill to the end: the whole machine, the
+        # benchmark itself (filling and polling, with its backend), and the
+        # rest: other people's work on this shared box, Postgres' background
+        # processes. A busy rest means a noisy round.
+        "machine_busy_cpu_seconds": round(machine, 2),
+        "bench_cpu_seconds": round(bench, 2),
+        "others_busy_percent": round(others / (elapsed * CPUS) * 100, 1),
         "dead_tuples_after": side.dead_tuples(),
     }
 

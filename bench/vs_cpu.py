@@ -33,6 +33,15 @@ def machine_cpu() -> float:
     return (sum(values[:8]) - idle - iowait) / TICK
 
 
+def bench_cpu(backend_pid: int) -> float:
+    """CPU seconds of this benchmark process and of its own Postgres backend
+    (the one that fills the queue and polls), to leave them out of "the rest
+    of the machine"."""
+    times = os.times()
+    backend = process_cpu(backend_pid)
+    return times.user + times.system + (backend[0] if backend else 0.0)
+
+
 @dataclass
 class CpuGroups:
     """Process ids by role ("supervisor", "executors", "postgres backends"...).

@@ -146,10 +146,8 @@ def _cpu_split(drain: dict) -> str:
         for role in roles:
             rows.append([f"{side}: {role}", statistics.median(r["cpu_us_per_task"][role] for r in rounds)])
         rows.append([f"{side}: total", statistics.median(sum(r["cpu_us_per_task"].values()) for r in rounds)])
-        busy = [r["machine_busy_cpu_seconds"] / r["tasks"] * 1e6 for r in rounds]
-        rows.append([f"{side}: whole machine (all processes)", statistics.median(busy)])
-    return ("where the CPU goes in the drain (median over rounds, CPU microseconds per task; "
-            "'whole machine' includes other users of this box)\n" + table(["", "us/task"], rows))
+    return ("where the CPU goes in the drain (median over rounds, CPU microseconds per task, "
+            "from /proc/<pid>/stat)\n" + table(["", "us/task"], rows))
 
 
 def _dead_tuples(results: dict) -> str:
@@ -169,8 +167,8 @@ def _noise(rounds: list[dict], threshold: float = 25.0) -> str:
     worst = max(r["others_busy_percent"] for r in rounds)
     if worst < threshold:
         return ""
-    return (f"\nnoisy: the rest of the machine (other users, the benchmark's polling, Postgres' "
-            f"background processes) was up to {worst:.0f}% busy during these rounds")
+    return (f"\nnoisy: the rest of the machine (other users, Postgres' background processes) "
+            f"was up to {worst:.0f}% busy during these rounds")
 
 
 def _met(ok: bool) -> str:

@@ -12,8 +12,9 @@ Creates two scratch databases (one per side) and drops them afterwards. Cases:
             alternate (ours, theirs, ours, ...). Prints tasks/s per round, the
             medians and ours / theirs (target >= 1.5), and where the CPU goes
             (supervisor, executors, PgQueuer workers, their Postgres backends).
-  chains    JOBS/3 pre-filled three-step chains a -> b -> c through ours: chains/s
-            and chains/s / (ours' drain tasks/s / 3) (target >= 1).
+  chains    JOBS/3 pre-filled three-step chains a -> b -> c through ours, each
+            round paired with a drain round of ours: chains/s and chains/s /
+            (single-step tasks/s / 3) (target >= 1).
   latency   start -> handler start on an idle system, p50/p99 ms, both sides.
   cpu       handlers burning ~20 ms of pure-Python CPU: ours with --processes 2
             against --processes 1 (target >= 1.8).
@@ -107,9 +108,7 @@ def run_cases(args: argparse.Namespace, ours: Ours, theirs: PgQueuerSide, result
     if "drain" in args.only:
         results["drain"] = vs_cases.drain([ours, theirs], args.jobs, args.rounds, report_round)
     if "chains" in args.only:
-        drain_median = results.get("drain", {}).get("median_tasks_per_second", {}).get("ours")
-        results["chains"] = vs_cases.chains(ours, round(args.jobs / 3), args.rounds, drain_median,
-                                            report_round)
+        results["chains"] = vs_cases.chains(ours, args.jobs, args.rounds, report_round)
     if "latency" in args.only:
         results["latency"] = vs_cases.latency([ours, theirs], args.latency_samples, args.rounds,
                                               report_round)

@@ -36,6 +36,8 @@ def round_line(case: str, figures: dict) -> str:
     """One line as a round finishes."""
     side = figures["side"] + (f" --processes {figures['processes']}" if case == "cpu-bound" else "")
     head = f"{case:>9} {side:<22} round {figures['round']}:"
+    if case == "single":
+        head = f"{'chains':>9} {side + ' (single-step)':<22} round {figures['round']}:"
     if case == "latency":
         return (f"{head} p50 {figures['p50_ms']:.2f} ms, p90 {figures['p90_ms']:.2f}, "
                 f"p99 {figures['p99_ms']:.2f}, max {figures['max_ms']:.2f} ({figures['samples']} samples)")
@@ -89,7 +91,7 @@ def _drain(drain: dict) -> str:
             for side, median in drain["median_tasks_per_second"].items()]
     text = f"drain: {drain['jobs']:,} pre-filled single-step no-op jobs, 2 processes each, tasks/s\n"
     text += table(["side", *[f"round {i + 1}" for i in range(len(rows[0]) - 2)], "median"], rows)
-    text += _noise(drain["rounds"])
+    text += _noise([r["others_busy_percent"] for r in drain["rounds"]])
     if "ratio_ours_over_pgqueuer" in drain:
         ratio = drain["ratio_ours_over_pgqueuer"]
         text += f"\nours / PgQueuer = {ratio:.2f} (target >= {drain['target_ratio']}: {_met(ratio >= 1.5)})"
@@ -97,14 +99,17 @@ def _drain(drain: dict) -> str:
 
 
 def _chains(chains: dict) -> str:
-    per_round = ", ".join(f"{r['chains_per_second']:,.0f}" for r in chains["rounds"])
-    text = (f"three-step chains (a -> b -> c), {chains['chains']:,} pre-filled, ours: {per_round} chains/s, "
-            f"median {chains['median_chains_per_second']:,.0f}")
-    text += _noise(chains["rounds"])
-    ratio = chains["chains_over_drain_thirds"]
-    if ratio is None:
-        return text + "\n(chains/s / (drain tasks/s / 3) needs the drain case in the same run)"
-    return text + f"\nchains/s / (ours' drain tasks/s / 3) = {ratio:.2f} (target >= 1: {_met(ratio >= 1)})"
+    rows = [[f"round {r['round']}", r["paired_single_tasks_per_second"], r["chains_per_second"],
+             r["chains_over_single_thirds"]] for r in chains["rounds"]]
+    rows.append(["median", None, chains["median_chains_per_second"],
+                 chains["median_chains_over_single_thirds"]])
+    text = (f"three-step chains (a -> b -> c), {chains['chains']:,} pre-filled, ours, each round "
+            f"right after a single-step drain round of ours\n")
+    text += table(["", "single tasks/s", "chains/s", "chains/s / (tasks/s / 3)"], rows)
+    text += _noise([p for r in chains["rounds"]
+                    for p in (r["others_busy_percent"], r["paired_single_others_busy_percent"])])
+    ratio = chains["median_chains_over_single_thirds"]
+    return text + f"\na chain costs no more than three single tasks (target >= 1): {_met(ratio >= 1)}"
 
 
 def _latency(latency: dict) -> str:
@@ -134,7 +139,8 @@ def _cpu_bound(cpu: dict) -> str:
     text += f"\n2 processes / 1 = {ratio:.2f} (target >= {cpu['target_ratio']}: {_met(ratio >= 1.8)})"
     busy = ", ".join(f"{r['cores_busy']['executors']:.2f} (--processes {r['processes']}, round {r['round']})"
                      for r in cpu["rounds"])
-    return text + f"\nexecutors kept this many cores busy: {busy}" + _noise(cpu["rounds"])
+    return (text + f"\nexecutors kept this many cores busy: {busy}"
+            + _noise([r["others_busy_percent"] for r in cpu["rounds"]]))
 
 
 def _cpu_split(drain: dict) -> str:
@@ -161,10 +167,10 @@ def _dead_tuples(results: dict) -> str:
             + table(["", "live", "dead", "counted by"], rows))
 
 
-def _noise(rounds: list[dict], threshold: float = 25.0) -> str:
+def _noise(others_busy_percents: list[float], threshold: float = 25.0) -> str:
     """A warning when processes other than the measured side's kept the
     machine busy: on 2 cores that takes CPU the side would have used."""
-    worst = max(r["others_busy_percent"] for r in rounds)
+    worst = max(others_busy_percents)
     if worst < threshold:
         return ""
     return (f"\nnoisy: the rest of the machine (other users, Postgres' background processes) "

@@ -1,83 +1,122 @@
-"""What a forked executor process runs: read a request frame, execute, write an answer frame.
+"""An executor process, from the fork to its exit: read a request frame,
+execute, write an answer frame (see executor.protocol), until the supervisor
+closes the pipe.
 
-Request (parent -> child), one per task:
-
-    {"task": ClaimedTask.to_wire()}
-
-Answer (child -> parent), exactly one per request, in order:
-
-    {"task_id": int | None,    # None only if the request was malformed
-     "attempt": int | None,
-     "ok": bool,
-     "output": <JSON>,          # present iff ok
-     "error": str,              # present iff not ok
-     "timed_out": bool,         # the soft limit fired: replace this process
-     "duration_s": float,       # time spent handling the request
-     "max_rss_kb": int}         # peak resident set of this process, in KiB
-
-The child owns no deadline (the parent kills it at the task's deadline); it
-uses the task's timeout only as a soft limit so Python code gets a chance to
-run its `finally` blocks. It never uses a database connection inherited from
-the parent: it opens its own, lazily, the first time a handler reads
+The child owns no deadline (the supervisor kills it at the task's deadline);
+it uses the task's timeout only as a soft limit so Python code gets a chance
+to run its `finally` blocks. It never uses a database connection inherited
+from the parent: it opens its own, lazily, the first time a handler reads
 `ctx.flow_input` that the claim did not carry, and keeps it for later tasks.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
 import os
 import resource
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
-from executor import frames
-from executor.executor import execute, serialize_error
-from executor.result import Err, Result
+import orjson
+
+from executor import protocol
+from executor.executor import DEFAULT_MAX_OUTPUT_BYTES, execute, serialize_error
+from executor.result import Err, Ok, Result
 from pgflow.flow import Flow
-from pgflow.task import ClaimedTask
 
 PR_SET_PDEATHSIG = 1
+READ_CHUNK = 1 << 20
 _SIGNALS_TO_DEFAULT = ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGQUIT", "SIGUSR1",
                        "SIGUSR2", "SIGCHLD", "SIGALRM")
+
+# Exit codes the supervisor tells apart: an executor that leaves on purpose
+# (its state is suspect: a soft timeout interrupted a handler, or a handler
+# closed stdin/stdout/stderr) is replaced without counting as a crash.
+EXIT_CLEAN = 0
+EXIT_ERROR = 1
+EXIT_RETIRE = 75
+
+
+def main(sock_fd: int, flows: Mapping[str, Flow], dsn: str | None, parent_pid: int,
+         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> NoReturn:
+    """Run in a freshly forked child: prepare the process, serve, and leave
+    with os._exit (never through the parent's atexit handlers or finalizers)."""
+    code = EXIT_ERROR
+    try:
+        prepare_child_process(parent_pid)
+        close_inherited_fds(keep={0, 1, 2, sock_fd})
+        code = serve(sock_fd, sock_fd, flows, dsn, max_output_bytes)
+    except (BrokenPipeError, ConnectionResetError):
+        code = EXIT_CLEAN  # the supervisor is gone: nobody is left to answer
+    except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def prepare_child_process(expected_parent_pid: int | None = None) -> None:
     """Call first thing in the child after fork, on its (only, main) thread.
 
     Drops the parent's signal handlers and wakeup fd; ignores SIGINT so a
-    Ctrl-C in a terminal (sent to the whole process group) lets the parent
-    drain its children instead of killing them mid-task; and on Linux asks
-    the kernel to SIGKILL this process when the parent dies. If the parent is
-    already gone (it died before prctl took effect), exits at once.
+    Ctrl-C in a terminal lets the parent drain its children instead of
+    killing them mid-task; leads a process group of its own, so the
+    supervisor's kill takes down anything a handler forked too; and on Linux
+    asks the kernel to SIGKILL this process when the parent dies. If the
+    parent is already gone (it died before prctl took effect), exits at once.
     """
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in _SIGNALS_TO_DEFAULT:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+    with contextlib.suppress(OSError):  # already a group leader, or not allowed
+        os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
     if expected_parent_pid is not None and os.getppid() != expected_parent_pid:
-        os._exit(1)
+        os._exit(EXIT_ERROR)
+
+
+def close_inherited_fds(keep: set[int]) -> None:
+    """Close the parent's sockets, pipes and connections in the child, so other
+    children see EOF when the parent closes their pipes and no inherited
+    database connection can be used by mistake."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LazyConnection:
-    """A zero-arg callable returning this process's own connection, opened on first call."""
+    """A zero-arg callable returning this process's own connection, opened on
+    first call (and again after the server dropped it)."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: Any = None
 
     def __call__(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            import psycopg  # only children whose handlers need the database pay for it
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            import psycopg  # only executors whose handlers need the database pay for it
 
+            self.close()
             self._conn = psycopg.connect(
                 self._dsn, autocommit=True, application_name="pgflow executor"
             )
@@ -85,68 +124,90 @@ class LazyConnection:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._conn = None
 
 
-def serve(read_fd: int, write_fd: int, flows: Mapping[str, Flow], dsn: str | None) -> None:
-    """Answer request frames until EOF on `read_fd` (or the parent stops reading)."""
+def serve(read_fd: int, write_fd: int, flows: Mapping[str, Flow], dsn: str | None,
+          max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> int:
+    """Answer request frames until EOF on `read_fd`; returns the exit code.
+
+    Reads as much as is there (several requests may be queued), answers each
+    as soon as it is done.
+    """
     connect = LazyConnection(dsn) if dsn else None
+    decoder = protocol.FrameDecoder()
+    requests: collections.deque[bytes] = collections.deque()
     try:
-        while (request := frames.read_frame(read_fd)) is not None:
-            answer = handle_request(request, flows, connect)
-            try:
-                data = frames.encode(answer)
-            except (TypeError, frames.FrameError) as exc:
-                data = frames.encode(_error_answer(answer, f"Answer could not be encoded: "
-                                                           f"{serialize_error(exc)}"))
-            frames.write_all(write_fd, data)
-            if answer.get("timed_out"):
+        while True:
+            if not requests:
+                data = os.read(read_fd, READ_CHUNK)
+                if not data:
+                    return EXIT_CLEAN if not decoder.buffered else EXIT_ERROR
+                requests.extend(decoder.feed(data))
+                continue
+            answer, timed_out = handle_request(requests.popleft(), flows, connect,
+                                               max_output_bytes)
+            protocol.write_all(write_fd, answer)
+            if timed_out or not standard_fds_open():
                 # An interrupted handler may have left this process in any
-                # state: take no further task (the parent replaces us, and
-                # tasks still queued in the pipe were never started).
-                return
-    except BrokenPipeError:
-        return  # the parent is gone; nobody is left to answer
+                # state, and a handler that closed stdio broke it: take no
+                # further task (requests still queued were never started).
+                return EXIT_RETIRE
     finally:
         if connect is not None:
             connect.close()
 
 
-def handle_request(request: Any, flows: Mapping[str, Flow], connect: Any) -> dict[str, Any]:
-    """The answer frame for one request frame; never raises for a bad request or handler."""
+def standard_fds_open() -> bool:
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def handle_request(body: bytes, flows: Mapping[str, Flow], connect: Any,
+                   max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> tuple[bytes, bool]:
+    """The answer frame for one request frame, and whether the task timed out.
+    Never raises for a bad request or handler."""
     started = time.perf_counter()
     try:
-        task = ClaimedTask.from_wire(request["task"])
+        task = protocol.decode_request(body)
     except Exception as exc:  # noqa: BLE001 - a malformed request is answered, not fatal
-        wire = request.get("task") if isinstance(request, dict) else None
-        wire = wire if isinstance(wire, dict) else {}
-        answer = {"task_id": wire.get("task_id"), "attempt": wire.get("attempt")}
-        return _finish(answer, Err(f"Malformed task request: {serialize_error(exc)}"), started)
-    answer = {"task_id": task.task_id, "attempt": task.attempt}
+        return _answer({"task_id": _task_id_of(body)},
+                       Err(f"Malformed task request: {serialize_error(exc)}"), started), False
     flow = flows.get(task.flow_slug)
     result: Result
     if flow is None:
         known = ", ".join(sorted(flows)) or "none"
         result = Err(f"Unknown flow: '{task.flow_slug}' (this worker serves: {known}); "
-                     "is the flow module listed in the worker's configuration?")
+                     "is the flow module listed in the worker's configuration?", "UnknownFlow")
     else:
-        result = execute(flow, task, connect, task.timeout_ms, encoded=True)
-    return _finish(answer, result, started)
+        result = execute(flow, task, connect, task.timeout_ms, encoded=True,
+                         max_output_bytes=max_output_bytes)
+    return _answer({"task_id": task.task_id}, result, started), result.timed_out
 
 
-def _finish(answer: dict[str, Any], result: Result, started: float) -> dict[str, Any]:
-    if isinstance(result, Err):
-        answer.update(ok=False, error=result.error, timed_out=result.timed_out)
-    else:
-        answer.update(ok=True, output=result.value, timed_out=False)
-    answer.update(duration_s=time.perf_counter() - started, max_rss_kb=max_rss_kb())
-    return answer
+def _task_id_of(body: bytes) -> int | None:
+    try:
+        value = orjson.loads(body).get("task_id")
+    except Exception:  # noqa: BLE001 - best effort for a malformed request
+        return None
+    return value if isinstance(value, int) else None
 
 
-def _error_answer(answer: dict[str, Any], message: str) -> dict[str, Any]:
-    fields = ("task_id", "attempt", "timed_out", "duration_s", "max_rss_kb")
-    return {**{k: answer.get(k) for k in fields}, "ok": False, "error": message}
+def _answer(meta: dict[str, Any], result: Result, started: float) -> bytes:
+    meta["duration_s"] = time.perf_counter() - started
+    meta["max_rss_kb"] = max_rss_kb()
+    if isinstance(result, Ok):
+        meta["ok"] = True
+        return protocol.encode_answer(meta, result.value)
+    meta.update(ok=False, error=result.error, error_type=result.error_type,
+                traceback=result.traceback, timed_out=result.timed_out)
+    return protocol.encode_answer(meta)
 
 
 def max_rss_kb() -> int:

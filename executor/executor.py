@@ -21,10 +21,12 @@ import re
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+import psycopg
 
 from executor.result import Err, Ok, Result, Timeout
 from pgflow import queries
@@ -34,6 +36,10 @@ from pgflow.task import ClaimedTask
 
 DEFAULT_TIMEOUT_MS = 30_000
 MAX_ERROR_BYTES = 8 * 1024
+MAX_TRACEBACK_BYTES = 16 * 1024
+# Outputs larger than this are refused before they leave the executor: a
+# batch of answers is one jsonb document, which Postgres caps at 256 MB.
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
 # A psycopg Connection, a zero-arg callable returning one (opened on first use), or None.
 ConnectionSource = Any
@@ -62,13 +68,25 @@ def _flow_input_loader(task: ClaimedTask, conn: ConnectionSource) -> Callable[[]
         if conn is None:
             raise RuntimeError(f"{where}: ctx.flow_input needs a database connection and this "
                                "executor has none (give it a dsn)")
-        connection = conn if hasattr(conn, "execute") else conn()
-        row = connection.execute(queries.load("flow_input"), {"run_id": task.run_id}).fetchone()
+        row = _query_once_more_if_dropped(conn, queries.load("flow_input"), {"run_id": task.run_id})
         if row is None:
             raise LookupError(f"{where}: run not found while loading ctx.flow_input")
         return row["input"] if isinstance(row, Mapping) else row[0]
 
     return load
+
+
+def _query_once_more_if_dropped(conn: ConnectionSource, sql: str, params: dict[str, Any]) -> Any:
+    """fetchone() of `sql`. A connection opened on demand (a callable source)
+    that the server dropped since its last use (a restart, a failover) fails
+    once; open a fresh one and ask again rather than fail the attempt."""
+    connection = conn if hasattr(conn, "execute") else conn()
+    try:
+        return connection.execute(sql, params).fetchone()
+    except psycopg.OperationalError:
+        if hasattr(conn, "execute") or not connection.broken:
+            raise
+    return conn().execute(sql, params).fetchone()
 
 
 def get_handler(flow: Flow, step_slug: str) -> Result:
@@ -93,11 +111,13 @@ def prepare_input(task: ClaimedTask, ctx: Context, step: Step | None = None) -> 
 
 
 def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
-            timeout: int = DEFAULT_TIMEOUT_MS, *, encoded: bool = False) -> Result:
+            timeout: int = DEFAULT_TIMEOUT_MS, *, encoded: bool = False,
+            max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> Result:
     """Run the task's handler; `timeout` is in milliseconds.
 
-    With `encoded=True` the Ok value is the output already encoded as an
-    `orjson.Fragment`, so the child embeds it in its answer without encoding twice.
+    With `encoded=True` the Ok value is the output already encoded as JSON
+    bytes, which the executor process sends as they are. Outputs above
+    `max_output_bytes` are refused (an Err naming the size and the limit).
     """
     handler = get_handler(flow, task.step_slug)
     if isinstance(handler, Err):
@@ -109,7 +129,15 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
     if isinstance(result, Err):
         return result
-    return encode_output(result.value) if encoded else serialize_output(result.value)
+    data = encode_output(result.value)
+    if isinstance(data, Err):
+        return data
+    if len(data.value) > max_output_bytes:
+        return Err(f"Output of flow {task.flow_slug!r}, step {task.step_slug!r} is "
+                   f"{len(data.value):,} bytes of JSON, over the limit of {max_output_bytes:,} "
+                   "(max_output_bytes); store large results elsewhere and return a reference",
+                   "OutputTooLarge")
+    return data if encoded else Ok(result.value)
 
 
 def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Result:
@@ -134,8 +162,22 @@ def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a handler is a failure too
-        return Err(serialize_error(exc))
+        return Err(serialize_error(exc), type(exc).__name__, format_traceback(exc))
     return Ok(output)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it, at most MAX_TRACEBACK_BYTES:
+    the end (where it was raised) is what matters, so the start is cut."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - a broken exception must not hide the failure
+        return f"<traceback unavailable for {type(exc).__name__}>"
+    data = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_TRACEBACK_BYTES:
+        return data.decode("utf-8")
+    kept = data[-MAX_TRACEBACK_BYTES:].decode("utf-8", "ignore")
+    return f"[{len(data) - len(kept.encode())} bytes cut]...{kept}"
 
 
 def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Any:
@@ -216,7 +258,7 @@ def _run_awaitable(awaitable: Awaitable[Any], timeout_ms: float) -> Any:
 
 
 def encode_output(output: Any) -> Result:
-    """`Ok(orjson.Fragment)` holding the encoded output, or `Err` saying what cannot be encoded.
+    """`Ok(bytes)` holding the output as JSON, or `Err` saying what cannot be encoded.
 
     Strict JSON: object keys must be str. Strings holding NUL are refused too,
     since Postgres jsonb cannot store them and would fail the whole completion batch.
@@ -224,11 +266,12 @@ def encode_output(output: Any) -> Result:
     try:
         data = orjson.dumps(output)
     except TypeError as exc:
-        return Err(f"Output is not JSON-serializable: {exc}{_locate_unencodable(output)}")
+        return Err(f"Output is not JSON-serializable: {exc}{_locate_unencodable(output)}",
+                   "OutputNotSerializable")
     if b"\\u0000" in data and _ESCAPED_NUL.search(data):
         return Err("Output is not JSON-serializable: it contains a NUL character (\\u0000), "
-                   "which Postgres jsonb cannot store")
-    return Ok(orjson.Fragment(data))
+                   "which Postgres jsonb cannot store", "OutputNotSerializable")
+    return Ok(data)
 
 
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")

@@ -11,7 +11,7 @@ that only care about failure can test `result.timed_out`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -31,6 +31,11 @@ class Ok(Generic[T]):
 @dataclass(frozen=True, slots=True)
 class Err:
     error: str
+    # For an exception: its type's name and the traceback (bounded), kept
+    # with the failed attempt so `pgflow run` can show where it happened.
+    # Results compare by message only.
+    error_type: str | None = field(default=None, compare=False)
+    traceback: str | None = field(default=None, compare=False)
 
     __match_args__ = ("error",)
 
@@ -42,6 +47,8 @@ class Err:
 @dataclass(frozen=True, slots=True)
 class Timeout(Err):
     """The handler overran its soft time limit; its process may be in any state."""
+
+    error_type: str | None = field(default="Timeout", compare=False)
 
     @property
     def timed_out(self) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 
 import orjson
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from pgflow.errors import (
@@ -28,15 +29,52 @@ _ENGINE_ERRORS: dict[str, type[PgflowError]] = {
 }
 
 
-def connect(dsn: str, application_name: str, **kwargs: object) -> psycopg.Connection:
-    """An autocommit connection that reads and writes JSON with orjson.
+# libpq parameters every pgflow connection gets unless the URL sets them: a
+# vanished server or network path is noticed within about half a minute
+# (keepalives for an idle connection, tcp_user_timeout for unacknowledged
+# writes) instead of the kernel's two hours, and a connect gives up after 10 s.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
-    An application_name given in the DSN wins over ours.
-    """
-    params = {} if "application_name" in conninfo_to_dict(dsn) else {
-        "application_name": application_name
-    }
-    conn = psycopg.connect(dsn, autocommit=True, **params, **kwargs)  # type: ignore[arg-type]
+
+def conninfo(dsn: str, application_name: str) -> str:
+    """`dsn` with pgflow's connection defaults added where it sets nothing
+    (its own values win, application_name included)."""
+    given = conninfo_to_dict(dsn)
+    extra = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    if "application_name" not in given:
+        extra["application_name"] = application_name
+    return make_conninfo(dsn, **extra)
+
+
+def redacted(dsn: str) -> str:
+    """`dsn` with its password shown as '***', for messages and logs."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.scheme in ("postgres", "postgresql"):
+        if parts.password is None:
+            return dsn
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<a connection string that cannot be parsed>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+def connect(dsn: str, application_name: str, **kwargs: object) -> psycopg.Connection:
+    """An autocommit connection that reads and writes JSON with orjson, with
+    pgflow's connection defaults (see CONNECTION_DEFAULTS)."""
+    conn = psycopg.connect(conninfo(dsn, application_name), autocommit=True,
+                           **kwargs)  # type: ignore[arg-type]
     set_json_loads(orjson.loads, conn)
     set_json_dumps(orjson.dumps, conn)
     return conn

@@ -1,77 +1,196 @@
-"""Answers waiting to be written: executors' outputs and failed attempts,
-gathered so that many share one round trip, then recorded in metrics once
-the engine says which it accepted."""
+"""Answers waiting to be written: executors' outputs and failed attempts.
+
+Everything that ended since the last round goes out in the next one, as one
+transaction (a complete_tasks and a fail_tasks call); the round trip is the
+batching window. The engine's verdict per answer comes back as `Outcome`s:
+
+- accepted: recorded in metrics (and failed attempts logged);
+- deferred (another transaction held the run): sent again next round;
+- stale (another claim holds the task, or its run is over): counted, dropped.
+
+A statement Postgres refuses for one row's data (an output jsonb cannot
+hold) is split: each of its answers is sent alone, and the one still refused
+fails its task with the reason. Any other statement error, or a lost
+connection, keeps the answers for the next round (the token fence makes
+sending twice harmless).
+"""
 
 from __future__ import annotations
 
-import time
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pgflow import ClaimedTask
-from pgflow.worker_api import Accepted, Answered
-from supervisor.metrics import Metrics, Outcome
-from supervisor.store import Store
+from supervisor import engine
+from supervisor.engine import Failure, Outcome
+from supervisor.metrics import Metrics
+from supervisor.pgconn import StatementError, Transaction
+from supervisor.pool import Ended
+from supervisor.tasks import HeldTask
+
+log = logging.getLogger("pgflow.supervisor")
+
+# A batch is one jsonb document, which Postgres caps at 256 MB.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+ROW_ERROR_CLASSES = ("22", "54")  # data exception, program limit exceeded
+
+
+@dataclass(slots=True)
+class Answer:
+    task: HeldTask
+    outcome: str  # success, error, timeout, crash
+    duration: float
+    output: bytes | None = None
+    error: str | None = None
+    details: dict[str, Any] | None = None
+    alone: bool = False  # its batch was refused for one row's data: send it alone
+
+    @classmethod
+    def of(cls, ended: Ended) -> Answer:
+        meta = ended.answer.meta if ended.answer is not None else {}
+        if ended.outcome == "success":
+            assert ended.answer is not None
+            return cls(ended.task, "success", ended.duration, output=ended.answer.output)
+        error = str(meta.get("error") or ended.message or "Unknown error")
+        kind = {"timeout": "Timeout", "crash": "ExecutorCrashed"}.get(ended.outcome)
+        details = {"type": meta.get("error_type") or kind, "traceback": meta.get("traceback")}
+        return cls(ended.task, ended.outcome, ended.duration, error=error,
+                   details={k: v for k, v in details.items() if v})
 
 
 class PendingAnswers:
-    def __init__(self, metrics: Metrics, batch: int) -> None:
+    def __init__(self, metrics: Metrics, batch_rows: int,
+                 batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self._metrics = metrics
-        self._batch = batch
-        self.oks: list[tuple[int, int, Any]] = []
-        self.errors: list[tuple[int, int, str]] = []
-        # Every unwritten answer's task, outcome and duration, by task id.
-        self.tasks: dict[int, tuple[ClaimedTask, Outcome, float]] = {}
-        self.oldest_at = 0.0  # when the oldest unwritten answer arrived
+        self._batch_rows = batch_rows
+        self._batch_bytes = batch_bytes
+        self.waiting: list[Answer] = []
+        self.in_flight: dict[int, list[Answer]] = {}  # by round number
+        self._round = 0
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return len(self.waiting) + sum(map(len, self.in_flight.values()))
 
-    def _note(self, task: ClaimedTask, outcome: Outcome, duration: float) -> None:
-        if not self.tasks:
-            self.oldest_at = time.monotonic()
-        self.tasks[task.task_id] = (task, outcome, duration)
+    def add(self, ended: Ended) -> None:
+        self.waiting.append(Answer.of(ended))
 
-    def succeeded(self, task: ClaimedTask, output: Any, duration: float) -> None:
-        self._note(task, "success", duration)
-        self.oks.append((task.task_id, task.token, output))
+    def held(self) -> list[HeldTask]:
+        return [a.task for a in self.waiting] + [
+            a.task for batch in self.in_flight.values() for a in batch]
 
-    def failed(self, task: ClaimedTask, error: str, outcome: Outcome, duration: float) -> None:
-        self._note(task, outcome, duration)
-        self.errors.append((task.task_id, task.token, error))
+    def transactions(self) -> list[Transaction]:
+        """Take the waiting answers into transactions for the next round."""
+        if not self.waiting:
+            return []
+        taken, self.waiting = self.waiting, []
+        transactions = [self._transaction([a]) for a in taken if a.alone]
+        batch: list[Answer] = []
+        size = 0
+        for answer in (a for a in taken if not a.alone):
+            cost = len(answer.output or b"") + len(answer.error or "")
+            if batch and (len(batch) >= self._batch_rows or size + cost > self._batch_bytes):
+                transactions.append(self._transaction(batch))
+                batch, size = [], 0
+            batch.append(answer)
+            size += cost
+        if batch:
+            transactions.append(self._transaction(batch))
+        return transactions
 
-    def write(self, store: Store) -> None:
-        """Write everything in batches; raises DatabaseUnavailable, keeping
-        what was not written for the next try. Answers deferred because
-        another transaction held their run are kept for the next flush."""
-        deferred_oks: list[tuple[int, int, Any]] = []
-        deferred_errors: list[tuple[int, int, str]] = []
-        while self.oks or self.errors:
-            oks, errors = self.oks[: self._batch], self.errors[: self._batch]
-            answered = store.complete(oks) if oks else Answered()
-            del self.oks[: len(oks)]
-            deferred_oks += [a for a in oks if a[0] in answered.deferred]
-            self._record([a[0] for a in oks if a[0] not in answered.deferred], answered.accepted)
-            answered = store.fail(errors) if errors else Answered()
-            del self.errors[: len(errors)]
-            deferred_errors += [a for a in errors if a[0] in answered.deferred]
-            self._record([a[0] for a in errors if a[0] not in answered.deferred],
-                         answered.accepted)
-        self.oks, self.errors = deferred_oks, deferred_errors
+    def _transaction(self, batch: list[Answer]) -> Transaction:
+        self._round += 1
+        key = self._round
+        self.in_flight[key] = batch
+        by_id = {id(a): a for a in batch}
+        successes = [a for a in batch if a.outcome == "success"]
+        failures = [a for a in batch if a.outcome != "success"]
+        statements = []
+        if successes:
+            statements.append(engine.complete(
+                [(a.task.task_id, a.task.token, a.output or b"null") for a in successes],
+                self._on_outcomes(key, successes),
+                self._on_failure(key, successes, by_id)))
+        if failures:
+            statements.append(engine.fail(
+                [(a.task.task_id, a.task.token, a.error or "Unknown error", a.details)
+                 for a in failures],
+                self._on_outcomes(key, failures),
+                self._on_failure(key, failures, by_id)))
+        return Transaction(statements)
 
-    def _record(self, task_ids: list[int], accepted: dict[int, Accepted]) -> None:
-        late = 0
-        for task_id in task_ids:
-            if task_id not in self.tasks:
-                continue  # a second answer for the same task in this batch
-            task, outcome, duration = self.tasks.pop(task_id)
-            report = accepted.get(task_id)
-            if report is None:
-                late += 1  # another attempt holds the task, or its run is over
-                continue
-            self._metrics.task_finished(task.flow_slug, task.step_slug, outcome, duration)
-            if report.retry:
-                self._metrics.task_retried(task.flow_slug, task.step_slug)
-            if report.run_status:
-                self._metrics.run_finished(task.flow_slug, report.run_status, report.run_seconds or 0.0)
-        if late:
-            self._metrics.late_answers_ignored(late)
+    # -- results ---------------------------------------------------------------
+
+    def _settle(self, key: int, answers: list[Answer]) -> None:
+        batch = self.in_flight.get(key)
+        if batch is None:
+            return
+        settled = {id(a) for a in answers}
+        batch[:] = [a for a in batch if id(a) not in settled]
+        if not batch:
+            del self.in_flight[key]
+
+    def _on_outcomes(self, key: int, answers: list[Answer]) -> Callable[[list[Outcome]], None]:
+        def record(outcomes: list[Outcome]) -> None:
+            by_task = {o.task_id: o for o in outcomes}
+            late = 0
+            for answer in answers:
+                outcome = by_task.get(answer.task.task_id)
+                if outcome is not None and outcome.deferred:
+                    self.waiting.append(answer)
+                elif outcome is None:
+                    late += 1  # another claim holds the task, or its run is over
+                else:
+                    self._accepted(answer, outcome)
+            if late:
+                self._metrics.late_answers_ignored(late)
+            self._settle(key, answers)
+
+        return record
+
+    def _on_failure(self, key: int, answers: list[Answer],
+                    batch: dict[int, Answer]) -> Callable[[Failure], None]:
+        def keep(failure: Failure) -> None:
+            self._settle(key, answers)
+            if isinstance(failure, StatementError) and failure.aborted:
+                self.waiting += answers  # its transaction failed elsewhere: try again
+                return
+            if isinstance(failure, StatementError) and (failure.sqlstate or "")[:2] in ROW_ERROR_CLASSES:
+                if len(answers) > 1 or not answers[0].alone:
+                    for answer in answers:
+                        answer.alone = True
+                    self.waiting += answers
+                else:
+                    self.waiting.append(_unstorable(answers[0], failure.message))
+                return
+            if isinstance(failure, StatementError):
+                log.warning("writing %d answers failed (%s: %s); trying again", len(answers),
+                            failure.sqlstate, failure.message)
+            self.waiting += answers
+
+        return keep
+
+    def _accepted(self, answer: Answer, outcome: Outcome) -> None:
+        task = answer.task
+        self._metrics.task_finished(task.flow_slug, task.step_slug, answer.outcome,  # type: ignore[arg-type]
+                                    answer.duration)
+        if answer.outcome != "success":
+            first_line = (answer.error or "").strip().splitlines()[0:1] or [""]
+            log.warning("%s/%s run %s attempt %d failed (%s): %s", task.flow_slug,
+                        task.step_slug, task.run_id, task.attempt,
+                        "will retry" if outcome.retry else "no attempts left", first_line[0])
+            traceback = (answer.details or {}).get("traceback")
+            if traceback:
+                log.debug("%s/%s run %s attempt %d:\n%s", task.flow_slug, task.step_slug,
+                          task.run_id, task.attempt, traceback)
+        if outcome.retry:
+            self._metrics.task_retried(task.flow_slug, task.step_slug)
+        if outcome.run_status:
+            self._metrics.run_finished(task.flow_slug, outcome.run_status, outcome.run_seconds or 0.0)
+
+
+def _unstorable(answer: Answer, reason: str) -> Answer:
+    """The failure an output Postgres refused turns into."""
+    return Answer(answer.task, "error", answer.duration,
+                  error=f"Output could not be stored: {reason}",
+                  details={"type": "OutputNotStorable"})

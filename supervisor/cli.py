@@ -12,9 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
-import psycopg
-
-from pgflow import Client, PgflowError, ShapeConflictError
+from pgflow import Client, PgflowError
 
 EXIT_USAGE = 2
 # sysexits EX_CONFIG: bad settings, a flow module that cannot import, a shape
@@ -104,20 +102,9 @@ def _supervise(args: argparse.Namespace) -> int:
         print(f"pgflow supervise: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    from supervisor.store import DatabaseUnavailable
-    from supervisor.supervisor import Supervisor
+    from supervisor.service import serve
 
-    try:
-        return Supervisor(settings, flows).run()
-    except ShapeConflictError as exc:
-        print(f"pgflow supervise: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-        print(f"pgflow supervise: cannot reach the database: {exc}".strip(), file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. the metrics port is taken: worth a restart, not a config error
-        print(f"pgflow supervise: {exc}", file=sys.stderr)
-        return 1
+    return serve(settings, flows)
 
 
 def _migrate(database_url: str | None) -> int:

@@ -32,12 +32,12 @@ METRIC_PREFIX = "pgflow_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 Outcome = Literal["success", "error", "timeout", "crash"]
-RestartReason = Literal["timeout", "crash", "recycle", "scale"]
+RestartReason = Literal["timeout", "crash", "recycle", "scale", "cancel"]
 WakeupSource = Literal["notification", "poll", "timer"]
 
 OUTCOMES: tuple[str, ...] = ("success", "error", "timeout", "crash")
 FAILURE_REASONS: tuple[str, ...] = ("error", "timeout", "crash")
-RESTART_REASONS: tuple[str, ...] = ("timeout", "crash", "recycle", "scale")
+RESTART_REASONS: tuple[str, ...] = ("timeout", "crash", "recycle", "scale", "cancel")
 WAKEUP_SOURCES: tuple[str, ...] = ("notification", "poll", "timer")
 
 # Seconds. Tasks and queue waits span a no-op handler (1 ms) to the longest
@@ -123,8 +123,15 @@ class Metrics:
         self._restarts = Counter(
             "pgflow_executor_restarts",
             "Executor children replaced, by reason: timeout (killed at a deadline), crash (died "
-            "unexpectedly), recycle (max tasks or memory reached), scale (pool resized).",
+            "unexpectedly), recycle (max tasks or memory reached), scale (pool resized), cancel "
+            "(killed because its task's run was cancelled).",
             ["reason"],
+            registry=r,
+        )
+        self._fork_failures = Counter(
+            "pgflow_executor_fork_failures",
+            "Executors that could not be started (fork or socketpair refused, e.g. a full pids "
+            "cgroup); the supervisor backs off and tries again.",
             registry=r,
         )
         self._late_answers = Counter(
@@ -247,6 +254,9 @@ class Metrics:
         _check("restart reason", reason, RESTART_REASONS)
         self._restarts.labels(reason).inc()
 
+    def executor_fork_failed(self) -> None:
+        self._fork_failures.inc()
+
     def wakeup(self, source: WakeupSource) -> None:
         _check("wake-up source", source, WAKEUP_SOURCES)
         self._wakeups.labels(source).inc()
@@ -285,6 +295,9 @@ class Metrics:
             raise
         finally:
             self._db_roundtrip.labels(operation).observe(time.perf_counter() - started)
+
+    def db_error(self, operation: str) -> None:
+        self._db_errors.labels(operation).inc()
 
     def set_notification_queue_usage(self, share: float) -> None:
         self._notify_queue.set(share)

@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PGFLOW_", extra="ignore")
 
     database_url: str = Field(description="Postgres connection string")
+    listen_url: str | None = Field(
+        default=None,
+        description="connection string for LISTEN/NOTIFY when the database URL goes through a "
+        "transaction pooler (default: the database URL)",
+    )
     # NoDecode: PGFLOW_FLOWS is "a,b", not JSON.
     flows: Annotated[list[str], NoDecode] = Field(
         description="modules collecting every top-level Flow (myapp.flows), or module:attribute"
@@ -25,9 +30,9 @@ class Settings(BaseSettings):
     processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
     prefetch: int = Field(default=64, ge=0, le=1000, description="tasks claimed beyond idle executors")
     executor_depth: int = Field(
-        default=1, ge=1, le=1000,
-        description="tasks sent to an executor at once; above 1, short tasks queue behind "
-        "the running one (throughput for tiny tasks, at the cost of head-of-line waits)",
+        default=8, ge=1, le=1000,
+        description="most tasks queued in one executor; only tasks of steps that usually take "
+        "under 5 ms queue behind a running one (a longer task always gets an idle executor)",
     )
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
@@ -38,11 +43,14 @@ class Settings(BaseSettings):
     kill_grace: float = Field(
         default=0.5, ge=0, description="seconds after a task's timeout before its executor is killed"
     )
-    complete_batch: int = Field(default=200, ge=1, description="most answers written per round trip")
-    flush_delay: float = Field(
-        default=0.01, ge=0,
-        description="seconds an answer may wait to share a round trip with others while "
-        "executors are busy (never when they would otherwise wait for it)",
+    complete_batch: int = Field(default=500, ge=1, description="most answers written per statement")
+    max_output_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024,
+        description="largest handler output, in bytes of JSON; larger ones fail their attempt",
+    )
+    startup_timeout: float = Field(
+        default=0, ge=0,
+        description="seconds to wait for the database at start before exiting (0: keep waiting)",
     )
     migrate: bool = True
     metrics_host: str = "127.0.0.1"

@@ -82,7 +82,7 @@ def test_metrics_move_with_successes_failures_and_timeouts(dsn, metrics_supervis
     assert sample(after, "pgflow_tasks_timed_out_total", **sleepy) == 1
     assert sample(after, "pgflow_tasks_failed_total", reason="timeout", **sleepy) == 1
     assert sample(after, "pgflow_executor_restarts_total", reason="timeout") == 1
-    assert sample(after, "pgflow_db_roundtrip_seconds_count", operation="complete") >= 1
+    assert sample(after, "pgflow_db_roundtrip_seconds_count", operation="round") >= 1
     assert sample(after, "pgflow_wakeups_total", source="notification") >= 1
     assert 'version="' in after and "pgflow_supervisor_info" in after
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import socket
 import time
 
-from supervisor.children import ExecutorProcess
+from supervisor.executors import ExecutorProcess
+from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 
 
@@ -22,22 +24,35 @@ def fork_broken() -> ExecutorProcess:
     return ExecutorProcess(pid, parent)
 
 
-def reap_until(pool: Pool, count: int, timeout: float = 5.0) -> list:
-    exited, deadline = [], time.monotonic() + timeout
-    while len(exited) < count and time.monotonic() < deadline:
-        exited += pool.reap(time.monotonic())
+def reap_until_empty(pool: Pool, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pool.children and time.monotonic() < deadline:
+        pool.reap(time.monotonic())
         time.sleep(0.01)
-    return exited
+    assert not pool.children
 
 
 def test_a_crash_loop_backs_off_exponentially():
-    pool = Pool(1, fork_broken, selectors.DefaultSelector(), lambda child, answers: None)
+    pool = Pool(1, fork_broken, selectors.DefaultSelector(), Metrics())
     delays = []
     for _ in range(3):
-        now = time.monotonic()
-        assert pool.fill(max(now, pool.respawn_at)) == 1
-        (exited,) = reap_until(pool, 1)
-        assert exited[1] == "exited with code 3"
+        pool.fill(max(time.monotonic(), pool.respawn_at))
+        assert len(pool.children) == 1
+        reap_until_empty(pool)
         delays.append(round(pool.respawn_at - time.monotonic(), 1))
     assert delays[0] < delays[1] < delays[2], delays
-    assert pool.fill(time.monotonic()) == 0, "no fork before the backoff is over"
+    pool.fill(time.monotonic())
+    assert not pool.children, "no fork before the backoff is over"
+
+
+def test_a_refused_fork_backs_off_and_is_reported_instead_of_crashing():
+    metrics = Metrics()
+
+    def refuse() -> ExecutorProcess:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    pool = Pool(2, refuse, selectors.DefaultSelector(), metrics)
+    pool.fill(time.monotonic())
+    assert pool.fork_error is not None and "temporarily unavailable" in pool.fork_error
+    assert pool.respawn_at > time.monotonic()
+    assert b"pgflow_executor_fork_failures_total 1.0" in metrics.render()

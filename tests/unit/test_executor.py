@@ -219,8 +219,8 @@ def test_nul_in_a_string_is_refused_but_an_escaped_backslash_u0000_is_fine() -> 
 
 def test_encode_output_returns_the_encoded_json() -> None:
     result = encode_output({"a": [1, None]})
-    assert isinstance(result, Ok) and isinstance(result.value, orjson.Fragment)
-    assert orjson.loads(orjson.dumps([result.value])) == [{"a": [1, None]}]
+    assert isinstance(result, Ok) and isinstance(result.value, bytes)
+    assert orjson.loads(result.value) == {"a": [1, None]}
 
 
 # -- serialize_error ------------------------------------------------------------
@@ -426,7 +426,25 @@ def test_encoded_execute_returns_the_output_as_json(flow: Flow) -> None:
     task = make_task("root", input={"n": 1}, input_is_flow_input=True)
     result = execute(flow, task, None, encoded=True)
     assert isinstance(result, Ok)
-    assert orjson.loads(orjson.dumps(result.value)) == {"doubled": 2}
+    assert orjson.loads(result.value) == {"doubled": 2}
+
+
+def test_an_output_over_the_limit_is_refused_before_it_leaves_the_executor(flow: Flow) -> None:
+    task = make_task("root", input={"n": 1}, input_is_flow_input=True)
+    result = execute(flow, task, None, encoded=True, max_output_bytes=5)
+    assert isinstance(result, Err) and result.error_type == "OutputTooLarge"
+    assert "13 bytes of JSON, over the limit of 5" in result.error  # {"doubled":2}
+    assert "flow 'demo', step 'root'" in result.error
+
+
+def test_a_failure_keeps_the_exception_type_and_where_it_was_raised() -> None:
+    def handler(input, ctx):
+        raise KeyError("numbers")
+
+    result = execute_with_timeout(handler, None, make_ctx(), 1000)
+    assert isinstance(result, Err) and result.error == "KeyError: 'numbers'"
+    assert result.error_type == "KeyError"
+    assert result.traceback is not None and 'raise KeyError("numbers")' in result.traceback
 
 
 def test_the_event_loop_is_not_shared_with_a_forked_parent(monkeypatch) -> None:

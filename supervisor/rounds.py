@@ -1,0 +1,207 @@
+"""What the supervisor asks of the database, one round at a time.
+
+A round is everything that is due, sent together in one round trip on the
+pipelined working connection, as separate transactions so one failure does
+not undo the rest:
+
+1. answers (complete_tasks, fail_tasks), committed durably;
+2. tasks given back (release_tasks);
+3. a claim and the time the next delayed task is due, committed without
+   waiting for the WAL flush (a claim lost in a crash only queues its tasks
+   again, and its token fences the lost claim's answers);
+4. the worker's registration, heartbeat (which reports tasks no longer held)
+   and lease expiry of other supervisors' tasks, queue statistics.
+
+Every transaction sets its own lock and statement timeouts (never session
+state), so the connection may go through a transaction pooler.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from supervisor import engine
+from supervisor.answers import PendingAnswers
+from supervisor.engine import Failure
+from supervisor.metrics import Metrics, WakeupSource
+from supervisor.pgconn import Statement, Transaction
+from supervisor.settings import Settings
+from supervisor.tasks import HeldTask
+
+log = logging.getLogger("pgflow.supervisor")
+
+# The loop never waits on a lock for long: answers for a run another
+# transaction holds are deferred by the engine, and anything else that
+# waits this long is given up and tried again in a later round.
+LOCK_TIMEOUT = "5s"
+STATEMENT_TIMEOUT = "60s"
+
+
+class Rounds:
+    def __init__(self, settings: Settings, flows: Sequence[str], metrics: Metrics,
+                 buffer: collections.deque[HeldTask], held: Callable[[], list[HeldTask]],
+                 worker_id: uuid.UUID | None = None) -> None:
+        self._settings = settings
+        self._flows = list(flows)
+        self._metrics = metrics
+        self._buffer = buffer
+        self._held = held
+        self.worker_id = worker_id or uuid.uuid4()
+        self.dirty = True  # claimable tasks may be waiting
+        self.next_due: float | None = None  # monotonic time the next delayed task is due
+        self.heartbeat_due = False
+        self.stats_due = False
+        self.register_due = False
+        self.stop_due = False
+        self.releases: list[HeldTask] = []
+        self._releasing: list[HeldTask] = []
+        self._session = {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
+
+    # -- what the loop tells us ----------------------------------------------------
+
+    def wake(self, source: WakeupSource) -> None:
+        self.dirty = True
+        self._metrics.wakeup(source)
+
+    def on_notified(self, flows: set[str]) -> None:
+        if flows & set(self._flows):
+            self.wake("notification")
+
+    def on_database_up(self) -> None:
+        """(Re)connected: notifications may have been lost meanwhile, so claim once."""
+        self.register_due = self.dirty = True
+
+    def release(self, tasks: list[HeldTask]) -> None:
+        self.releases += tasks
+
+    def finish(self, buffer: collections.deque[HeldTask]) -> None:
+        """Stopping: give the buffer back and say the worker stopped."""
+        self.release(list(buffer))
+        buffer.clear()
+        self.stop_due = True
+
+    def pending(self, answers: PendingAnswers) -> bool:
+        return bool(len(answers) or self.releases or self._releasing or self.stop_due)
+
+    def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
+        return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
+                    or self.stats_due or self.register_due or self.stop_due)
+
+    # -- composing a round ------------------------------------------------------------
+
+    def next_round(self, answers: PendingAnswers, claim_size: int,
+                   buffer: collections.deque[HeldTask]) -> list[Transaction]:
+        transactions = answers.transactions()
+        if self.register_due:
+            self.register_due = False
+            transactions.insert(0, Transaction([engine.register_worker(
+                self.worker_id, self._settings.hostname, os.getpid(), self._flows,
+                lambda: None, self._failed("register", lambda: setattr(self, "register_due", True)))]))
+        if self.releases:
+            transactions.append(Transaction([self._release_statement()]))
+        if claim_size > 0:
+            transactions.append(Transaction(self._claim_statements(claim_size),
+                                            {"synchronous_commit": "off"}))
+        if self.heartbeat_due:
+            self.heartbeat_due = False
+            held = [t.fence for t in self._held()]
+            transactions.append(Transaction([engine.heartbeat(
+                self.worker_id, held, self._settings.lease_grace, self._drop_lost,
+                self._failed("heartbeat"))]))
+            transactions.append(Transaction([engine.requeue_expired(
+                1000, self._requeued, self._failed("requeue"))]))
+        if self.stats_due:
+            self.stats_due = False
+            transactions.append(Transaction([
+                engine.queue_stats(self._flows, self._metrics.set_queue, self._failed("stats")),
+                engine.notification_queue_usage(self._metrics.set_notification_queue_usage,
+                                                self._failed("stats"))]))
+        if self.stop_due and not self.releases and not self._releasing:
+            self.stop_due = False
+            transactions.append(Transaction([engine.stop_worker(
+                self.worker_id, lambda: None, self._failed("stop"))]))
+        for tx in transactions:
+            tx.settings = {**self._session, **tx.settings}
+        return transactions
+
+    def _claim_statements(self, limit: int) -> list[Statement]:
+        self.dirty = False
+        started = time.perf_counter()
+
+        def claimed(tasks: list[HeldTask]) -> None:
+            self._metrics.db_roundtrip("claim", time.perf_counter() - started)
+            self._buffer.extend(tasks)
+            for task in tasks:
+                self._metrics.tasks_claimed(task.flow_slug, task.step_slug)
+            if len(tasks) >= limit:
+                self.dirty = True  # there may be more
+
+        def due_in(seconds: float | None) -> None:
+            if seconds is not None:
+                if seconds <= 0:
+                    self.dirty = True
+                else:
+                    self.next_due = time.monotonic() + seconds
+
+        def failed(failure: Failure) -> None:
+            self.dirty = True
+            self._failed("claim")(failure)
+
+        return [engine.claim(self.worker_id, self._flows, limit, self._settings.lease_grace,
+                             claimed, failed),
+                engine.next_due(self._flows, due_in, lambda failure: None)]
+
+    def _release_statement(self) -> Statement:
+        self._releasing, self.releases = self.releases, []
+
+        def released(ids: set[int]) -> None:
+            self._releasing = []
+
+        def failed(failure: Failure) -> None:
+            if not isinstance(failure, Exception) or "aborted" not in str(failure):
+                log.warning("could not give back %d tasks (%s); they run again when their "
+                            "leases expire", len(self._releasing), failure)
+            self._releasing = []
+
+        return engine.release([t.fence for t in self._releasing], released, failed)
+
+    # -- results --------------------------------------------------------------------
+
+    def _drop_lost(self, lost: set[int]) -> None:
+        """Forget buffered tasks the engine says this supervisor no longer
+        holds (their lease expired during a pause and another claim took them,
+        or their run was cancelled): running them would be wasted work whose
+        answers are refused anyway."""
+        if not lost:
+            return
+        kept = [t for t in self._buffer if t.task_id not in lost]
+        dropped = len(self._buffer) - len(kept)
+        self._buffer.clear()
+        self._buffer.extend(kept)
+        log.warning("%d held tasks are no longer ours (lease expired, or run finished); "
+                    "dropped %d buffered ones", len(lost), dropped)
+
+    def drop_runs(self, run_ids: set[str]) -> None:
+        kept = [t for t in self._buffer if t.run_id not in run_ids]
+        self._buffer.clear()
+        self._buffer.extend(kept)
+
+    def _requeued(self, count: int) -> None:
+        if count:
+            log.info("requeued %d tasks whose lease expired", count)
+
+    def _failed(self, operation: str,
+                then: Callable[[], object] | None = None) -> Callable[[Failure], None]:
+        def report(failure: Failure) -> None:
+            if not getattr(failure, "aborted", False):
+                self._metrics.db_error(operation)
+                log.warning("%s failed: %s", operation, failure)
+            if then is not None:
+                then()
+
+        return report

@@ -35,6 +35,8 @@ Outcome = Literal["success", "error", "timeout", "crash", "cancelled"]
 # each, and a task longer than this would make the ones behind it wait.
 SHORT_TASK_SECONDS = 0.005
 _EWMA = 0.2
+# A task costs at least a round of frames to and from an executor.
+MIN_TASK_SECONDS = 0.0001
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class Pool:
         self._policy = RespawnPolicy()
         self._fork_backoff = Backoff(0.1, 10.0)
         self._durations: dict[tuple[str, str], float] = {}
+        self._typical: float | None = None  # any task, in seconds (EWMA)
 
     # -- views -----------------------------------------------------------------
 
@@ -284,6 +287,13 @@ class Pool:
         key = (task.flow_slug, task.step_slug)
         before = self._durations.get(key)
         self._durations[key] = seconds if before is None else before + _EWMA * (seconds - before)
+        seconds = max(seconds, MIN_TASK_SECONDS)
+        typical = self._typical
+        self._typical = seconds if typical is None else typical + _EWMA * (seconds - typical)
+
+    def typical_task_seconds(self) -> float | None:
+        """How long tasks usually take here (any step), or None before the first."""
+        return self._typical
 
     def check_deadlines(self, now: float) -> None:
         """Kill executors whose running task overran its deadline. An answer

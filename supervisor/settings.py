@@ -28,7 +28,11 @@ class Settings(BaseSettings):
         description="modules collecting every top-level Flow (myapp.flows), or module:attribute"
     )
     processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
-    prefetch: int = Field(default=64, ge=0, le=1000, description="tasks claimed beyond idle executors")
+    prefetch: int = Field(
+        default=256, ge=0, le=5000,
+        description="most tasks claimed beyond what idle executors take; the buffer holds about "
+        "50 ms of work at the usual pace, so long tasks are barely prefetched",
+    )
     executor_depth: int = Field(
         default=8, ge=1, le=1000,
         description="most tasks queued in one executor; only tasks of steps that usually take "

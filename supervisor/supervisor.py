@@ -39,6 +39,9 @@ from supervisor.timers import Timers
 
 log = logging.getLogger("pgflow.supervisor")
 
+# Seconds of work the prefetch buffer aims to hold (see Supervisor._prefetch).
+PREFETCH_WINDOW = 0.05
+
 
 class StopMode(Enum):
     DRAIN = "drain"  # TERM: no new work, running tasks finish (up to shutdown_timeout)
@@ -257,14 +260,33 @@ class Supervisor:
 
     def _claim_size(self) -> int:
         """How many tasks to claim now: enough for executors that would otherwise
-        wait, plus the prefetch buffer, once the buffer is down to half."""
-        if not self.rounds.dirty or self.pool.fork_error is not None and not self.pool.serving():
+        wait, plus the prefetch buffer, once the buffer is down to half.
+
+        A round that carries answers claims too, even without a notification:
+        completing a step readies its dependents in the same commit, and the
+        claim that follows in the round sees them (a chain's next step costs
+        no extra round trip)."""
+        wanted = self.rounds.dirty or bool(self.answers.waiting)
+        if not wanted or self.pool.fork_error is not None and not self.pool.serving():
             return 0
         capacity = self.pool.capacity()
         buffered = len(self.buffer)
-        if capacity <= buffered and buffered > self.settings.prefetch // 2:
+        prefetch = self._prefetch()
+        if capacity <= buffered and buffered > prefetch // 2:
             return 0
-        return max(capacity + self.settings.prefetch - buffered, 0)
+        return max(capacity + prefetch - buffered, 0)
+
+    def _prefetch(self) -> int:
+        """Tasks to hold beyond what idle executors take: about PREFETCH_WINDOW
+        of work at the executors' usual pace, at most settings.prefetch. Tiny
+        tasks get a deep buffer (large claims, few round trips); long ones
+        almost none, so one supervisor does not sit on work that another,
+        idle, could start."""
+        limit = self.settings.prefetch
+        typical = self.pool.typical_task_seconds()
+        if typical is None:
+            return min(limit, self.pool.size)
+        return min(limit, max(self.pool.size, int(self.pool.size * PREFETCH_WINDOW / typical)))
 
     # -- timers -----------------------------------------------------------------
 

@@ -135,20 +135,12 @@ def _database(database_url: str | None) -> Iterator[str]:
     if database_url:
         yield database_url
         return
-    try:
-        import pgserver
-    except ImportError:
-        raise PgflowError(
-            "no database given and no embedded Postgres available: set PGFLOW_DATABASE_URL, "
-            "or install the dev extra (pip install -e '.[dev]') for pgserver"
-        ) from None
+    from supervisor.embedded import embedded_postgres
+
     with tempfile.TemporaryDirectory(prefix="pgflow-demo-") as data_dir:
         print(f"starting an embedded Postgres in {data_dir} ...")
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
+        with embedded_postgres(os.path.join(data_dir, "data")) as url:
+            yield url
 
 
 def _demo(database_url: str | None) -> int:

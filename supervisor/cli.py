@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 
@@ -49,9 +46,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"))
 
     demo = commands.add_parser(
-        "demo", help="run the example flow once (embedded Postgres unless a database is given)"
+        "demo", help="run a batch of the example orders flow through a real supervisor "
+        "(embedded Postgres unless a database is given)"
     )
-    demo.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"))
+    demo.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"),
+                      help="use this database instead of the embedded one")
+    demo.add_argument("--runs", type=int, default=20, help="runs to start; exits after they finish")
+    demo.add_argument("--processes", type=int, default=2, help="executor processes (default 2)")
+    demo.add_argument("--data-dir", type=Path, default=Path(".pgflow/demo"),
+                      help="embedded Postgres data and the supervisor log (default .pgflow/demo, "
+                      "kept between runs)")
+    demo.add_argument("--clean", action="store_true",
+                      help="stop the embedded Postgres and remove --data-dir, then exit")
 
     supervise = commands.add_parser(
         "supervise", help="run the supervisor: claim tasks and run them in forked executors"
@@ -68,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate(args.database_url)
-        return _demo(args.database_url)
+        return _demo(args)
     except PgflowError as exc:
         print(f"pgflow: {exc}", file=sys.stderr)
         return 1
@@ -130,51 +136,16 @@ def _migrate(database_url: str | None) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _database(database_url: str | None) -> Iterator[str]:
-    if database_url:
-        yield database_url
-        return
-    from supervisor.embedded import embedded_postgres
+def _demo(args: argparse.Namespace) -> int:
+    from supervisor import demo
 
-    with tempfile.TemporaryDirectory(prefix="pgflow-demo-") as data_dir:
-        print(f"starting an embedded Postgres in {data_dir} ...")
-        with embedded_postgres(os.path.join(data_dir, "data")) as url:
-            yield url
-
-
-def _demo(database_url: str | None) -> int:
-    """Start a run of the example flow, then a real supervisor that runs it."""
-    from pgflow.examples.wordcount import flow
-
-    text = "the quick brown fox\njumps over\nthe lazy dog"
-    with _database(database_url) as dsn, Client(dsn, application_name="pgflow demo") as client:
-        client.migrate()
-        print(f"flow {flow.slug!r}: {client.register(flow)}")
-        run_id = client.start_flow(flow, text)
-        _show(client, run_id, "after start_flow")
-        command = [sys.executable, "-m", "supervisor.cli", "supervise", "--database-url", dsn,
-                   "--flows", "pgflow.examples.wordcount", "--processes", "2",
-                   "--metrics-port", "0", "--log-level", "WARNING"]
-        print("\nstarting: pgflow supervise --flows pgflow.examples.wordcount --processes 2")
-        supervisor = subprocess.Popen(command)
-        try:
-            run = client.wait(run_id, timeout=60)
-        finally:
-            supervisor.send_signal(signal.SIGTERM)  # drain and stop
-            supervisor.wait(60)
-        _show(client, run.run_id, "after the supervisor ran it")
-    return 0 if run.status == "completed" else 1
-
-
-def _show(client: Client, run_id: object, when: str) -> None:
-    run = client.get_run(run_id)  # type: ignore[arg-type]
-    print(f"\nrun {run.run_id} {when}: {run.status}")
-    for slug, step in run.steps.items():
-        tasks = f"{step.task_count} task(s)" if step.task_count is not None else "waiting"
-        print(f"  {slug:<8} {step.status:<10} {tasks}")
-    if run.output is not None:
-        print(f"output: {run.output}")
+    if args.clean:
+        return demo.clean(args.data_dir)
+    if args.runs < 1 or args.processes < 1:
+        print("pgflow demo: --runs and --processes must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    return demo.run(runs=args.runs, processes=args.processes, data_dir=args.data_dir,
+                    database_url=args.database_url)
 
 
 if __name__ == "__main__":

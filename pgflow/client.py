@@ -11,6 +11,7 @@ anyway so misuse cannot interleave statements.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -168,8 +169,12 @@ class Client:
 
         Woken by the engine's NOTIFY on run completion; re-reads the run every
         few seconds in case a notification was lost. Raises TimeoutError after
-        `timeout` seconds.
+        `timeout` seconds (0: check once). A negative or non-finite timeout is a ValueError.
         """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(f"wait(): timeout must be a finite number of seconds >= 0, "
+                             f"got {timeout!r}")
         run_uuid = _as_uuid(run_id, "wait")
         deadline = time.monotonic() + timeout
         with self._lock:

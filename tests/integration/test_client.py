@@ -66,3 +66,11 @@ def test_client_sets_application_name(dsn, conn):
         name = conn.execute(
             "select application_name from pg_stat_activity where pid = %s", (pid,)).fetchone()[0]
     assert name == "my app"
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf")])
+def test_wait_refuses_a_negative_or_infinite_timeout(client, timeout):
+    client.register(single_flow())
+    run_id = client.start_flow("single", "x")
+    with pytest.raises(ValueError, match=r"wait\(\): timeout must be a finite number of seconds >= 0"):
+        client.wait(run_id, timeout=timeout)

@@ -4,6 +4,7 @@ the engine says which it accepted."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ from pgflow import ClaimedTask
 from pgflow.worker_api import Accepted
 from supervisor.metrics import Metrics, Outcome
 from supervisor.store import Store
+
+log = logging.getLogger("pgflow.supervisor")
 
 
 class PendingAnswers:
@@ -49,9 +52,10 @@ class PendingAnswers:
             self._record([a[0] for a in oks], accepted)
             accepted = store.fail(errors) if errors else {}
             del self.errors[: len(errors)]
-            self._record([a[0] for a in errors], accepted)
+            self._record([a[0] for a in errors], accepted, {a[0]: a[2] for a in errors})
 
-    def _record(self, task_ids: list[int], accepted: dict[int, Accepted]) -> None:
+    def _record(self, task_ids: list[int], accepted: dict[int, Accepted],
+                errors: dict[int, str] | None = None) -> None:
         late = 0
         for task_id in task_ids:
             task, outcome, duration = self.tasks.pop(task_id)
@@ -59,6 +63,8 @@ class PendingAnswers:
             if report is None:
                 late += 1  # another attempt holds the task, or its run is over
                 continue
+            if errors is not None:
+                _log_failed_attempt(task, errors[task_id], report)
             self._metrics.task_finished(task.flow_slug, task.step_slug, outcome, duration)
             if report.retry:
                 self._metrics.task_retried(task.flow_slug, task.step_slug)
@@ -66,3 +72,18 @@ class PendingAnswers:
                 self._metrics.run_finished(task.flow_slug, report.run_status, report.run_seconds or 0.0)
         if late:
             self._metrics.late_answers_ignored(late)
+
+
+def _log_failed_attempt(task: ClaimedTask, error: str, report: Accepted) -> None:
+    """WARNING with the first line of the error, DEBUG with all of it; in JSON
+    logs the task's fields are fields of the record."""
+    fields = {"run_id": str(task.run_id), "flow": task.flow_slug, "step": task.step_slug,
+              "task_index": task.task_index, "attempt": task.attempt}
+    lines = error.strip().splitlines() or [""]
+    then = "will retry" if report.retry else "no attempts left"
+    log.warning("attempt %d of %s/%s failed (run %s, task %d; %s): %s", task.attempt,
+                task.flow_slug, task.step_slug, task.run_id, task.task_index, then, lines[0],
+                extra=fields)
+    if len(lines) > 1:
+        log.debug("attempt %d of %s/%s (run %s, task %d) failed with:\n%s", task.attempt,
+                  task.flow_slug, task.step_slug, task.run_id, task.task_index, error, extra=fields)

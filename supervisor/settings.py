@@ -87,8 +87,8 @@ class Settings(BaseSettings):
         return upper
 
 
-# PGFLOW_* variables that are not supervisor settings (the test suite reads this one).
-OTHER_VARIABLES = frozenset({"PGFLOW_TEST_DATABASE_URL"})
+# PGFLOW_TEST_* variables belong to the test suite, not to the supervisor.
+OTHER_PREFIX = "PGFLOW_TEST_"
 
 
 def unknown_variables(names: Iterable[str]) -> list[str]:
@@ -98,7 +98,7 @@ def unknown_variables(names: Iterable[str]) -> list[str]:
     warnings = []
     for name in sorted(set(names)):
         upper = name.upper()
-        if not upper.startswith(prefix) or upper in known or upper in OTHER_VARIABLES:
+        if not upper.startswith(prefix) or upper in known or upper.startswith(OTHER_PREFIX):
             continue
         close = difflib.get_close_matches(upper, list(known), n=1, cutoff=0.7)
         hint = (f"; did you mean {close[0]} (--{known[close[0]].replace('_', '-')})?" if close

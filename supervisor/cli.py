@@ -10,7 +10,17 @@ from types import ModuleType
 
 import pgflow
 from pgflow import PgflowError
-from supervisor.commands import demo, migrate, supervise
+from supervisor.commands import (
+    cancel,
+    demo,
+    flows,
+    migrate,
+    runs,
+    show_run,
+    start,
+    supervise,
+    workers,
+)
 from supervisor.preflight import EXIT_CONFIG, Problem
 from supervisor.redact import mask_password
 
@@ -18,7 +28,8 @@ EXIT_USAGE = 2
 # Kept for callers of the old name; see supervisor.preflight for what 78 means.
 __all__ = ["EXIT_CONFIG", "EXIT_USAGE", "main"]
 
-COMMANDS: list[ModuleType] = [migrate, demo, supervise]
+COMMANDS: list[ModuleType] = [
+    demo, supervise, migrate, flows, start, runs, show_run, cancel, workers]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,7 +91,9 @@ def connect(url: str | None, application_name: str, setting: str = URL_SETTING
         raise explain(exc, checked, setting) from None
 
 
-def check_schema(conn: psycopg.Connection) -> None:
+def check_schema(conn: psycopg.Connection,
+                 hint: str = "run `pgflow migrate` (or start the supervisor without --no-migrate)"
+                 ) -> None:
     """A Problem (78) when the pgflow schema is missing or has pending migrations."""
     pending = migrations.pending(conn)
     if not pending:
@@ -102,5 +104,4 @@ def check_schema(conn: psycopg.Connection) -> None:
     else:
         state = f"has an outdated pgflow schema (pending: {names})"
     dbname = conn.info.dbname
-    raise Problem(f"database {dbname!r} {state}: run `pgflow migrate` (or start the supervisor "
-                  "without --no-migrate)", EXIT_CONFIG)
+    raise Problem(f"database {dbname!r} {state}: {hint}", EXIT_CONFIG)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -35,7 +37,7 @@ def client(args: argparse.Namespace, *, need_schema: bool = True) -> Iterator[Cl
     conn = preflight.connect(args.database_url, f"pgflow {args.command}")
     try:
         if need_schema:
-            preflight.check_schema(conn)
+            preflight.check_schema(conn, hint="run `pgflow migrate`")
     finally:
         conn.close()
     with Client(args.database_url, application_name=f"pgflow {args.command}") as c:
@@ -43,7 +45,9 @@ def client(args: argparse.Namespace, *, need_schema: bool = True) -> Iterator[Cl
 
 
 def console() -> Console:
-    return Console(soft_wrap=False)
+    """Rich output; when stdout is not a terminal, wide enough that tables are not cut."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=250, no_color=True)
 
 
 def _default(value: Any) -> Any:
@@ -70,3 +74,55 @@ def seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> datetime.timedelta:
+    """argparse type: "90s", "15m", "2h", "7d", "1w"."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h, 7d or 1w")
+    return datetime.timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def since(text: str) -> datetime.datetime | datetime.timedelta:
+    """argparse type: a duration (that long ago) or an ISO date/time (local time if no zone)."""
+    if _DURATION.match(text):
+        return duration(text)
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 2h, 7d) nor a date/time (2026-01-31T12:00)"
+        ) from None
+    return value if value.tzinfo else value.astimezone()
+
+
+def first_line(text: str | None, width: int = 80) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def compact_json(value: Any, width: int = 200) -> str:
+    text = json.dumps(value, default=_default)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return dataclasses.asdict(value)
+
+
+def ago(value: float | None) -> str:
+    """Seconds elapsed, for people: "4 s ago", "12 min ago", "3.5 h ago"."""
+    if value is None:
+        return "-"
+    if value < 90:
+        return f"{value:.0f} s ago"
+    if value < 5400:
+        return f"{value / 60:.0f} min ago"
+    return f"{value / 3600:.1f} h ago"

@@ -139,3 +139,4 @@ def test_hup_reexec_log_masks_the_password(dsn, start_supervisor):
     supervisor.wait_for_log("serving", after=supervisor.log().index("re-executing"))
     assert SECRET not in supervisor.log()
     assert "password=***" in supervisor.log()
+

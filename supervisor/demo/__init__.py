@@ -84,8 +84,7 @@ def run(*, runs: int, processes: int, data_dir: Path = DATA_DIR, database_url: s
             console.print(display.metrics_line(supervisor.metrics_url, metrics), highlight=False)
             if code not in (0, None):
                 console.print(f"the supervisor exited with {code}; see {supervisor.log_path}")
-            console.print(f"database: {_shown_url(database_url, dsn)}", highlight=False,
-                          soft_wrap=True)
+            _where_next(console, run_ids, database_url, dsn)
             completed = batch.progress(client, run_ids).runs.get("completed", 0) if run_ids else 0
     except KeyboardInterrupt:
         interrupted = True
@@ -100,6 +99,19 @@ def _shown_url(database_url: str | None, dsn: str) -> str:
     from supervisor.redact import mask_password
 
     return mask_password(database_url or dsn)
+
+
+def _where_next(console: Console, run_ids: list[uuid.UUID],
+                database_url: str | None, dsn: str) -> None:
+    retried = run_ids[0] if run_ids else None  # order 1: its payment fails once
+    if database_url:
+        example = f" (a run with a retried step: pgflow run {retried})" if retried else ""
+        console.print(f"inspect the runs: pgflow runs --flow orders{example}; database "
+                      f"{_shown_url(database_url, dsn)}", highlight=False)
+    else:
+        console.print("the embedded Postgres is stopped again; to inspect runs afterwards with "
+                      "`pgflow runs` and `pgflow run RUN_ID`, run the demo against a server of "
+                      "yours: PGFLOW_DATABASE_URL=postgresql://... make demo", highlight=False)
 
 
 def _start_runs(client: Client, runs: int) -> list[uuid.UUID]:

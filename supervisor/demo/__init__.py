@@ -50,6 +50,8 @@ def run(*, runs: int, processes: int, data_dir: Path = DATA_DIR, database_url: s
         console: Console | None = None) -> int:
     """Run the demo; 0 when every run completed, 1 otherwise, 130 on Ctrl-C."""
     console = console or Console(soft_wrap=True)  # long lines are not cut into several
+    # `kill PID` stops the demo like Ctrl-C does: supervisor and Postgres included.
+    signal.signal(signal.SIGTERM, _interrupt)
     data_dir.mkdir(parents=True, exist_ok=True)
     interrupted = False
     try:
@@ -74,8 +76,9 @@ def run(*, runs: int, processes: int, data_dir: Path = DATA_DIR, database_url: s
                 metrics = supervisor.scrape()
             except KeyboardInterrupt:
                 interrupted = True
-                # A second Ctrl-C must not cut the clean-up short.
+                # A second Ctrl-C (or TERM) must not cut the clean-up short.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 console.print("\ninterrupted: stopping the supervisor and Postgres", highlight=False)
             finally:
                 code = supervisor.stop(fast=interrupted)
@@ -90,9 +93,14 @@ def run(*, runs: int, processes: int, data_dir: Path = DATA_DIR, database_url: s
         interrupted = True
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if completed == runs else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _shown_url(database_url: str | None, dsn: str) -> str:

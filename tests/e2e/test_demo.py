@@ -50,10 +50,12 @@ def test_embedded_demo_keeps_its_data_stops_on_ctrl_c_and_cleans_up(tmp_path):
     assert (data_dir / "postgres" / "PG_VERSION").exists(), "the data directory is kept"
     assert not _processes_mentioning(str(data_dir)), "Postgres stops when the demo ends"
 
-    # Ctrl-C in a terminal signals the whole foreground process group.
+    # Ctrl-C in a terminal signals the whole foreground process group. (SIGINT back to
+    # its default: a shell without job control starts background commands ignoring it.)
     demo = subprocess.Popen([*command, "--runs", "3000"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert demo.stdout is not None
     lines = []
     for line in demo.stdout:

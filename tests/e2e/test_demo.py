@@ -57,6 +57,21 @@ def test_embedded_demo_keeps_its_data_stops_on_ctrl_c_and_cleans_up(tmp_path):
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert demo.stdout is not None
+    try:
+        _interrupt_and_check(demo, data_dir)
+    finally:
+        if demo.poll() is None:  # a failed check must not leave the demo running
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+            subprocess.run([*command, "--clean"], capture_output=True, env=_env())  # stops Postgres
+
+    clean = subprocess.run([*command, "--clean"], capture_output=True, text=True, timeout=60,
+                           env=_env())
+    assert clean.returncode == 0 and not data_dir.exists(), clean.stdout + clean.stderr
+
+
+def _interrupt_and_check(demo: subprocess.Popen[str], data_dir: Path) -> None:
+    assert demo.stdout is not None
     lines = []
     for line in demo.stdout:
         lines.append(line)
@@ -74,10 +89,6 @@ def test_embedded_demo_keeps_its_data_stops_on_ctrl_c_and_cleans_up(tmp_path):
     time.sleep(0.3)
     assert not any(pid_alive(pid) for pid in supervisor_pids)
     assert not _processes_mentioning(str(data_dir)), "no process is left behind"
-
-    clean = subprocess.run([*command, "--clean"], capture_output=True, text=True, timeout=60,
-                           env=_env())
-    assert clean.returncode == 0 and not data_dir.exists(), clean.stdout + clean.stderr
 
 
 def test_make_clean_demo_removes_the_data_directory(tmp_path):

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from executor.log_context import task_logging
 from executor.result import Err, Ok, Result, Timeout
 from pgflow import queries
 from pgflow.context import Context
@@ -126,7 +127,8 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     prepared = prepare_input(task, ctx, flow.get_step(task.step_slug))
     if isinstance(prepared, Err):
         return prepared
-    result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
+    with task_logging(ctx):  # log records from the handler carry run, step and attempt
+        result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
     if isinstance(result, Err):
         return result
     data = encode_output(result.value)

@@ -11,6 +11,8 @@ anyway so misuse cannot interleave statements.
 
 from __future__ import annotations
 
+import datetime
+import math
 import threading
 import time
 import uuid
@@ -25,10 +27,10 @@ from psycopg.types.json import Jsonb
 from pgflow import db, migrations, queries
 from pgflow.errors import InvalidInputError, RunNotFoundError, ShapeConflictError
 from pgflow.flow import Flow
-from pgflow.run import Run, StepState
+from pgflow.run import RUN_STATUSES, Run, RunSummary, StepState
 from pgflow.shape import describe_differences
 
-__all__ = ["Client", "Run", "StepState"]
+__all__ = ["Client", "Run", "RunSummary", "StepState"]
 
 T = TypeVar("T")
 
@@ -188,13 +190,44 @@ class Client:
 
         return self._call(read)
 
+    def list_runs(
+        self,
+        flow: str | None = None,
+        status: str | None = None,
+        since: datetime.datetime | datetime.timedelta | None = None,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        """Runs, newest first: of one flow, in one status (started, completed,
+        failed, cancelled), started at or after `since` (a datetime, or a
+        timedelta meaning that long ago), at most `limit` of them."""
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"list_runs(): status must be one of {', '.join(RUN_STATUSES)}, "
+                             f"got {status!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"list_runs(): limit must be a positive int, got {limit!r}")
+        if isinstance(since, datetime.timedelta):
+            since = datetime.datetime.now(datetime.UTC) - since
+        elif since is not None and since.tzinfo is None:
+            since = since.astimezone()  # naive means local time
+        params = {"flow": flow, "status": status, "since": since, "limit": limit}
+
+        def read(conn: psycopg.Connection) -> list[RunSummary]:
+            with conn.cursor(row_factory=psycopg.rows.class_row(RunSummary)) as cur:
+                return cur.execute(queries.load("list_runs"), params).fetchall()
+
+        return self._call(read)
+
     def wait(self, run_id: uuid.UUID | str, timeout: float = 60.0) -> Run:
         """Block until the run is completed, failed or cancelled and return it.
 
         Woken by the engine's NOTIFY on run completion; re-reads the run every
         few seconds in case a notification was lost. Raises TimeoutError after
-        `timeout` seconds.
+        `timeout` seconds (0: check once). A negative or non-finite timeout is a ValueError.
         """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(f"wait(): timeout must be a finite number of seconds >= 0, "
+                             f"got {timeout!r}")
         run_uuid = _as_uuid(run_id, "wait")
         deadline = time.monotonic() + timeout
         with self._lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import urllib.parse
 
 import orjson
 import psycopg
@@ -51,23 +50,6 @@ def conninfo(dsn: str, application_name: str) -> str:
     if "application_name" not in given:
         extra["application_name"] = application_name
     return make_conninfo(dsn, **extra)
-
-
-def redacted(dsn: str) -> str:
-    """`dsn` with its password shown as '***', for messages and logs."""
-    parts = urllib.parse.urlsplit(dsn)
-    if parts.scheme in ("postgres", "postgresql"):
-        if parts.password is None:
-            return dsn
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<a connection string that cannot be parsed>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo("", **params)
 
 
 def connect(dsn: str, application_name: str, **kwargs: object) -> psycopg.Connection:

@@ -43,6 +43,17 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+def pending(conn: psycopg.Connection) -> list[Migration]:
+    """The shipped migrations not yet applied to this database (all of them
+    when it has no pgflow schema), without changing anything."""
+    row = conn.execute("select to_regclass('pgflow.schema_migrations')").fetchone()
+    if row is None or row[0] is None:
+        return available()
+    applied = {version for (version,) in conn.execute(
+        "select version from pgflow.schema_migrations")}
+    return [m for m in available() if m.version not in applied]
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply pending migrations; return the names applied (empty when up to date)."""
     applied_now: list[str] = []

@@ -41,3 +41,26 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as Client.list_runs returns it: no input, output or steps."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    status: str
+    error: str | None
+    failed_step: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
+    duration_s: float | None  # start to finish; None while it runs
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return self.completed_at or self.failed_at or self.cancelled_at

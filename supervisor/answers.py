@@ -175,14 +175,7 @@ class PendingAnswers:
         self._metrics.task_finished(task.flow_slug, task.step_slug, answer.outcome,  # type: ignore[arg-type]
                                     answer.duration)
         if answer.outcome != "success":
-            first_line = (answer.error or "").strip().splitlines()[0:1] or [""]
-            log.warning("%s/%s run %s attempt %d failed (%s): %s", task.flow_slug,
-                        task.step_slug, task.run_id, task.attempt,
-                        "will retry" if outcome.retry else "no attempts left", first_line[0])
-            traceback = (answer.details or {}).get("traceback")
-            if traceback:
-                log.debug("%s/%s run %s attempt %d:\n%s", task.flow_slug, task.step_slug,
-                          task.run_id, task.attempt, traceback)
+            _log_failed_attempt(answer, outcome)
         if outcome.retry:
             self._metrics.task_retried(task.flow_slug, task.step_slug)
         if outcome.run_status:
@@ -194,3 +187,21 @@ def _unstorable(answer: Answer, reason: str) -> Answer:
     return Answer(answer.task, "error", answer.duration,
                   error=f"Output could not be stored: {reason}",
                   details={"type": "OutputNotStorable"})
+
+
+def _log_failed_attempt(answer: Answer, outcome: Outcome) -> None:
+    """WARNING with the first line of the error, DEBUG with the traceback; in
+    JSON logs the task's fields are fields of the record."""
+    task = answer.task
+    fields = {"run_id": task.run_id, "flow": task.flow_slug, "step": task.step_slug,
+              "task_index": task.task_index, "attempt": task.attempt}
+    lines = (answer.error or "").strip().splitlines() or [""]
+    then = "will retry" if outcome.retry else "no attempts left"
+    log.warning("attempt %d of %s/%s failed (run %s, task %d; %s): %s", task.attempt,
+                task.flow_slug, task.step_slug, task.run_id, task.task_index, then, lines[0],
+                extra=fields)
+    traceback = (answer.details or {}).get("traceback")
+    if traceback or len(lines) > 1:
+        log.debug("attempt %d of %s/%s (run %s, task %d) failed with:\n%s", task.attempt,
+                  task.flow_slug, task.step_slug, task.run_id, task.task_index,
+                  traceback or answer.error, extra=fields)

@@ -1,175 +1,60 @@
-"""The `pgflow` command."""
+"""The `pgflow` command: the parser and the dispatch; each subcommand is a
+module of supervisor/commands/."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from types import ModuleType
 
-from pgflow import Client, PgflowError
+import pgflow
+from pgflow import PgflowError
+from supervisor.commands import (
+    cancel,
+    demo,
+    flows,
+    migrate,
+    runs,
+    show_run,
+    start,
+    supervise,
+    workers,
+)
+from supervisor.preflight import EXIT_CONFIG, Problem
+from supervisor.redact import mask_password
 
 EXIT_USAGE = 2
-# sysexits EX_CONFIG: bad settings, a flow module that cannot import, a shape
-# conflict. The systemd unit lists it in RestartPreventExitStatus=, so a
-# broken deploy stops instead of respawning forever.
-EXIT_CONFIG = 78
+# Kept for callers of the old name; see supervisor.preflight for what 78 means.
+__all__ = ["EXIT_CONFIG", "EXIT_USAGE", "main"]
 
-# Options of `pgflow supervise`, each also a PGFLOW_<NAME> environment variable.
-SUPERVISE_OPTIONS: dict[str, tuple[type, str]] = {
-    "database_url": (str, "Postgres connection string"),
-    "flows": (str, "comma-separated flow modules (myapp.flows) or module:attribute"),
-    "processes": (int, "executor processes (default: CPU count)"),
-    "prefetch": (int, "tasks claimed beyond idle executors (default 8)"),
-    "executor_depth": (int, "tasks queued per executor (default 1; more suits tiny tasks)"),
-    "max_tasks_per_child": (int, "recycle an executor after this many tasks (0: never)"),
-    "max_memory_per_child": (int, "recycle an executor above this peak RSS in MiB (0: never)"),
-    "shutdown_timeout": (float, "seconds a drain waits for running tasks (default 30)"),
-    "lease_grace": (float, "seconds a lease outlives a task's timeout (default 30)"),
-    "heartbeat_interval": (float, "seconds between lease heartbeats (default 5)"),
-    "poll_interval": (float, "fallback poll in seconds, for lost notifications (default 10)"),
-    "metrics_host": (str, "address for /metrics, /healthz, /readyz (default 127.0.0.1)"),
-    "metrics_port": (int, "port for /metrics (default 9464; 0 disables)"),
-    "log_level": (str, "DEBUG, INFO, WARNING or ERROR"),
-}
+COMMANDS: list[ModuleType] = [
+    demo, supervise, migrate, flows, start, runs, show_run, cancel, workers]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgflow", description="A Postgres-native DAG workflow engine.")
+    parser.add_argument("--version", action="version", version=f"pgflow {pgflow.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        sub = commands.add_parser(module.NAME, help=module.HELP,
+                                  description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pgflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    migrate = commands.add_parser("migrate", help="create or upgrade the pgflow schema")
-    migrate.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"))
-
-    demo = commands.add_parser(
-        "demo", help="run the example flow once (embedded Postgres unless a database is given)"
-    )
-    demo.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"))
-
-    supervise = commands.add_parser(
-        "supervise", help="run the supervisor: claim tasks and run them in forked executors"
-    )
-    for name, (kind, text) in SUPERVISE_OPTIONS.items():
-        supervise.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
-    supervise.add_argument("--env-file", help="read PGFLOW_* settings from this file too")
-    supervise.add_argument("--no-migrate", dest="migrate", action="store_const", const=False,
-                           help="do not create or upgrade the schema at start")
-
-    args = parser.parse_args(argv)
-    if args.command == "supervise":
-        return _supervise(args)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "migrate":
-            return _migrate(args.database_url)
-        return _demo(args.database_url)
+        return int(args.run(args))
+    except Problem as problem:
+        print(f"pgflow {args.command}: {problem}", file=sys.stderr)
+        return problem.exit_code
     except PgflowError as exc:
-        print(f"pgflow: {exc}", file=sys.stderr)
+        print(f"pgflow {args.command}: {mask_password(str(exc))}", file=sys.stderr)
         return 1
-
-
-def _supervise(args: argparse.Namespace) -> int:
-    import pydantic
-
-    from supervisor.flows import FlowImportError, load_flows
-    from supervisor.settings import Settings
-
-    overrides = {
-        name: getattr(args, name)
-        for name in [*SUPERVISE_OPTIONS, "migrate"]
-        if getattr(args, name, None) is not None
-    }
-    try:
-        settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        print(f"pgflow supervise: invalid settings: {problems} "
-              "(set them as options or PGFLOW_* environment variables)", file=sys.stderr)
-        return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
-    try:
-        flows = load_flows(settings.flows)
-    except FlowImportError as exc:
-        print(f"pgflow supervise: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    from supervisor.service import serve
-
-    return serve(settings, flows)
-
-
-def _migrate(database_url: str | None) -> int:
-    if not database_url:
-        print("pgflow migrate: set PGFLOW_DATABASE_URL or pass --database-url", file=sys.stderr)
-        return EXIT_USAGE
-    with Client(database_url, application_name="pgflow migrate") as client:
-        applied = client.migrate()
-    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
-    return 0
-
-
-@contextlib.contextmanager
-def _database(database_url: str | None) -> Iterator[str]:
-    if database_url:
-        yield database_url
-        return
-    try:
-        import pgserver
-    except ImportError:
-        raise PgflowError(
-            "no database given and no embedded Postgres available: set PGFLOW_DATABASE_URL, "
-            "or install the dev extra (pip install -e '.[dev]') for pgserver"
-        ) from None
-    with tempfile.TemporaryDirectory(prefix="pgflow-demo-") as data_dir:
-        print(f"starting an embedded Postgres in {data_dir} ...")
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
-
-
-def _demo(database_url: str | None) -> int:
-    """Start a run of the example flow, then a real supervisor that runs it."""
-    from pgflow.examples.wordcount import flow
-
-    text = "the quick brown fox\njumps over\nthe lazy dog"
-    with _database(database_url) as dsn, Client(dsn, application_name="pgflow demo") as client:
-        client.migrate()
-        print(f"flow {flow.slug!r}: {client.register(flow)}")
-        run_id = client.start_flow(flow, text)
-        _show(client, run_id, "after start_flow")
-        command = [sys.executable, "-m", "supervisor.cli", "supervise", "--database-url", dsn,
-                   "--flows", "pgflow.examples.wordcount", "--processes", "2",
-                   "--metrics-port", "0", "--log-level", "WARNING"]
-        print("\nstarting: pgflow supervise --flows pgflow.examples.wordcount --processes 2")
-        supervisor = subprocess.Popen(command)
-        try:
-            run = client.wait(run_id, timeout=60)
-        finally:
-            supervisor.send_signal(signal.SIGTERM)  # drain and stop
-            supervisor.wait(60)
-        _show(client, run.run_id, "after the supervisor ran it")
-    return 0 if run.status == "completed" else 1
-
-
-def _show(client: Client, run_id: object, when: str) -> None:
-    run = client.get_run(run_id)  # type: ignore[arg-type]
-    print(f"\nrun {run.run_id} {when}: {run.status}")
-    for slug, step in run.steps.items():
-        tasks = f"{step.task_count} task(s)" if step.task_count is not None else "waiting"
-        print(f"  {slug:<8} {step.status:<10} {tasks}")
-    if run.output is not None:
-        print(f"output: {run.output}")
 
 
 if __name__ == "__main__":

@@ -41,13 +41,16 @@ def _load_spec(spec: str) -> list[Flow]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        raise FlowImportError(
-            f"cannot import flow module {module_name!r}: {detail}. Check --flows / PGFLOW_FLOWS "
-            "and that the module is importable (PYTHONPATH, installed package)"
-        ) from exc
+        raise FlowImportError(_import_failure(module_name, exc)) from exc
     if attribute:
-        value = getattr(module, attribute, None)
+        value = getattr(module, attribute, _MISSING)
+        if value is _MISSING:
+            found = _top_level_flows(module)
+            raise FlowImportError(
+                f"{spec!r}: module {module_name!r} ({module.__file__}) has no attribute "
+                f"{attribute!r}; its top-level Flows: "
+                + (", ".join(found) if found else "none")
+            )
         if not isinstance(value, Flow):
             raise FlowImportError(
                 f"{spec!r}: {module_name}.{attribute} is {type(value).__name__}, not a pgflow Flow"
@@ -60,3 +63,39 @@ def _load_spec(spec: str) -> list[Flow]:
             "define one there or name it as module:attribute"
         )
     return flows
+
+
+_MISSING = object()
+
+
+def _top_level_flows(module: object) -> list[str]:
+    return [name for name, value in vars(module).items() if isinstance(value, Flow)]
+
+
+def _import_failure(module_name: str, exc: Exception) -> str:
+    """One line: the module could not be found (check the path), or it raised
+    while importing (where, and what)."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+    if isinstance(exc, ModuleNotFoundError) and exc.name and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")):
+        return (f"cannot import flow module {module_name!r}: no module named {exc.name!r}. Check "
+                "--flows / PGFLOW_FLOWS and that the module is importable from the working "
+                "directory, PYTHONPATH or an installed package")
+    location = _where_raised(exc)
+    return (f"flow module {module_name!r} raised while being imported, at {location}: {detail}. "
+            "Fix the module (importing it with python -c 'import "
+            f"{module_name}' shows the whole traceback)")
+
+
+def _where_raised(exc: BaseException) -> str:
+    """file:line of the error: the line a SyntaxError points at, else the innermost
+    frame outside the import machinery."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen importlib")
+              and not f.filename.endswith("importlib/__init__.py")
+              and f.filename != __file__]
+    if not frames:
+        return "an unknown place"
+    return f"{frames[-1].filename}:{frames[-1].lineno}"

@@ -6,9 +6,12 @@ Precedence: command line > environment > env file > defaults.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
-from typing import Annotated
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,7 +30,8 @@ class Settings(BaseSettings):
     flows: Annotated[list[str], NoDecode] = Field(
         description="modules collecting every top-level Flow (myapp.flows), or module:attribute"
     )
-    processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512)
+    processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=512,
+                           description="executor processes (default: the CPU count)")
     prefetch: int = Field(
         default=256, ge=0, le=5000,
         description="most tasks claimed beyond what idle executors take; the buffer holds about "
@@ -40,9 +44,12 @@ class Settings(BaseSettings):
     )
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
-    shutdown_timeout: float = Field(default=30.0, ge=0)
-    lease_grace: float = Field(default=30.0, gt=0)
-    heartbeat_interval: float = Field(default=5.0, gt=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0,
+                                    description="seconds a drain (TERM) waits for running tasks")
+    lease_grace: float = Field(default=30.0, gt=0,
+                               description="seconds a task's lease outlives its timeout")
+    heartbeat_interval: float = Field(default=5.0, gt=0,
+                                      description="seconds between heartbeats (lease renewals)")
     poll_interval: float = Field(default=10.0, gt=0, description="fallback poll for lost notifications")
     kill_grace: float = Field(
         default=0.5, ge=0, description="seconds after a task's timeout before its executor is killed"
@@ -56,12 +63,16 @@ class Settings(BaseSettings):
         default=0, ge=0,
         description="seconds to wait for the database at start before exiting (0: keep waiting)",
     )
-    migrate: bool = True
-    metrics_host: str = "127.0.0.1"
+    migrate: bool = Field(default=True, description="create or upgrade the schema at start")
+    metrics_host: str = Field(default="127.0.0.1", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables /metrics")
-    queue_stats_interval: float = Field(default=15.0, gt=0)
-    log_level: str = "INFO"
-    hostname: str = Field(default_factory=socket.gethostname)
+    queue_stats_interval: float = Field(
+        default=15.0, gt=0, description="seconds between reads of the queue depth for /metrics")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object per line for log shippers")
+    hostname: str = Field(default_factory=socket.gethostname,
+                          description="this machine's name in pgflow.workers (default: the host name)")
 
     @field_validator("flows", mode="before")
     @classmethod
@@ -86,3 +97,35 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log level must be DEBUG, INFO, WARNING or ERROR")
         return upper
+
+
+# PGFLOW_TEST_* variables belong to the test suite, not to the supervisor.
+OTHER_PREFIX = "PGFLOW_TEST_"
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """A warning for each PGFLOW_* name that is no setting, naming the closest one."""
+    prefix = "PGFLOW_"
+    known = {prefix + name.upper(): name for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(set(names)):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known or upper.startswith(OTHER_PREFIX):
+            continue
+        close = difflib.get_close_matches(upper, list(known), n=1, cutoff=0.7)
+        hint = (f"; did you mean {close[0]} (--{known[close[0]].replace('_', '-')})?" if close
+                else f"; settings are {', '.join(sorted(known))}")
+        warnings.append(f"{name} is not a pgflow setting and is ignored{hint}")
+    return warnings
+
+
+def env_file_names(path: str) -> list[str]:
+    """The variable names an env file sets (KEY=value lines; # comments; optional `export`)."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key = line.split("=", 1)[0].strip()
+        names.append(key.removeprefix("export ").strip())
+    return names

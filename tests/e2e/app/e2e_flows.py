@@ -7,6 +7,7 @@ write files named in their input.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import time
@@ -16,7 +17,7 @@ from pgflow import Flow
 
 # Read at import: the HUP test changes the file and expects the re-executed
 # supervisor to serve the new value.
-VERSION_FILE = os.environ.get("PGFLOW_E2E_VERSION_FILE")
+VERSION_FILE = os.environ.get("PGFLOW_TEST_E2E_VERSION_FILE")
 VERSION = Path(VERSION_FILE).read_text().strip() if VERSION_FILE else "none"
 
 
@@ -147,4 +148,5 @@ failing = Flow("e2e_fail", max_attempts=2, base_delay=0)
 
 @failing.step()
 def always_fails(input, ctx):
+    logging.getLogger("e2e").warning("about to fail")
     raise ValueError(f"bad input {input!r}")

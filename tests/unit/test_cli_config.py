@@ -1,0 +1,67 @@
+"""Pure pieces of the command line: password masking, misspelled variables,
+and `supervise` options generated from the settings model."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.cli import build_parser
+from supervisor.redact import mask_password
+from supervisor.settings import Settings, env_file_names, unknown_variables
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("postgresql://app:pw@db:5432/app", "postgresql://app:***@db:5432/app"),
+    ("re-executing pgflow supervise --database-url postgres://u:p%40ss@h/d --flows x",
+     "re-executing pgflow supervise --database-url postgres://u:***@h/d --flows x"),
+    ("host=db user=app password=pw dbname=app", "host=db user=app password=*** dbname=app"),
+    ("host=db password='p w' dbname=app", "host=db password=*** dbname=app"),
+    ("postgresql://db/app?user=app&password=pw&sslmode=require",
+     "postgresql://db/app?user=app&password=***&sslmode=require"),
+    ("postgresql://app@db/app", "postgresql://app@db/app"),
+])
+def test_passwords_are_masked(text, masked):
+    assert mask_password(text) == masked
+
+
+def test_misspelled_variables_name_the_closest_setting():
+    warnings = unknown_variables(["PGFLOW_PROCESES", "PGFLOW_PROCESSES", "PGFLOW_TEST_DATABASE_URL",
+                                  "PATH", "PGFLOW_ZZZ"])
+    assert warnings[0] == ("PGFLOW_PROCESES is not a pgflow setting and is ignored; did you mean "
+                           "PGFLOW_PROCESSES (--processes)?")
+    assert warnings[1].startswith("PGFLOW_ZZZ is not a pgflow setting and is ignored; settings are ")
+    assert len(warnings) == 2
+
+
+def test_env_file_names(tmp_path):
+    path = tmp_path / "env"
+    path.write_text("# comment\nPGFLOW_FLOWS=a,b\n\nexport PGFLOW_PREFETCH=8\nnot a line\n")
+    assert env_file_names(str(path)) == ["PGFLOW_FLOWS", "PGFLOW_PREFETCH"]
+
+
+def _supervise_actions():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return {a.dest: a for a in sub.choices["supervise"]._actions}
+
+
+def test_every_setting_is_a_supervise_option_with_its_default_and_description():
+    actions = _supervise_actions()
+    for name, field in Settings.model_fields.items():
+        assert name in actions, f"--{name.replace('_', '-')} is missing"
+        assert field.description and field.description in actions[name].help
+        assert f"PGFLOW_{name.upper()}" in actions[name].help
+    assert f"(default: {Settings.model_fields['prefetch'].default})" in actions["prefetch"].help
+    assert actions["prefetch"].type is int and actions["kill_grace"].type is float
+    assert actions["log_format"].choices == ["text", "json"]
+
+
+def test_supervise_options_become_settings():
+    args = build_parser().parse_args(["supervise", "--database-url", "postgresql://x/y", "--flows",
+                                      "a,b", "--no-migrate", "--prefetch", "3",
+                                      "--log-format", "json"])
+    from supervisor.commands.supervise import load_settings
+
+    settings = load_settings(args)
+    assert (settings.flows, settings.migrate, settings.prefetch, settings.log_format) == (
+        ["a", "b"], False, 3, "json")

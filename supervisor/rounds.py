@@ -40,6 +40,7 @@ log = logging.getLogger("pgflow.supervisor")
 # waits this long is given up and tried again in a later round.
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
+CLAIM_RETRY_SECONDS = 1.0
 
 
 class Rounds:
@@ -89,7 +90,7 @@ class Rounds:
         return bool(len(answers) or self.releases or self._releasing or self.stop_due)
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
-        return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
+        return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
                     or self.stats_due or self.register_due or self.stop_due)
 
     # -- composing a round ------------------------------------------------------------
@@ -149,7 +150,9 @@ class Rounds:
                     self.next_due = time.monotonic() + seconds
 
         def failed(failure: Failure) -> None:
-            self.dirty = True
+            # Try again in a second (sooner on a notification), not at once:
+            # a claim that keeps failing must not spin the loop.
+            self.next_due = time.monotonic() + CLAIM_RETRY_SECONDS
             self._failed("claim")(failure)
 
         return [engine.claim(self.worker_id, self._flows, limit, self._settings.lease_grace,

@@ -263,7 +263,7 @@ class Supervisor:
         completing a step readies its dependents in the same commit, and the
         claim that follows in the round sees them (a chain's next step costs
         no extra round trip)."""
-        wanted = self.rounds.dirty or bool(self.answers.waiting)
+        wanted = self.rounds.dirty or self.answers.sendable()
         if not wanted or self.pool.fork_error is not None and not self.pool.serving():
             return 0
         capacity = self.pool.capacity()
@@ -294,7 +294,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup()) if t is not None]
+                                  self.database.next_wakeup(), self.answers.held_until())
+                      if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)
         return max(min(candidates, default=now + 1.0) - now, 0.0)

@@ -4,8 +4,8 @@ the queue and tick() is called, with no fork and no database."""
 from __future__ import annotations
 
 import collections
-import selectors
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +121,19 @@ class FakeSignals:
         return events
 
 
+class FakeSelector:
+    """Returns at once, remembering how long the loop asked to sleep."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def select(self, timeout: float) -> list[Any]:
+        self.timeouts.append(timeout)
+        return []
+
+    def close(self) -> None: ...
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -138,7 +151,7 @@ def loop() -> Supervisor:
     pool = FakePool()
     answers = PendingAnswers(metrics, 500)
     rounds = Rounds(settings, ["f"], metrics, buffer, lambda: list(buffer))
-    supervisor = Supervisor(settings, {}, metrics=metrics, selector=selectors.DefaultSelector(),
+    supervisor = Supervisor(settings, {}, metrics=metrics, selector=FakeSelector(),  # type: ignore[arg-type]
                             signals=FakeSignals(), pool=pool, database=FakeDatabase(),
                             rounds=rounds, answers=answers, buffer=buffer,
                             notifier=Notifier(None), http=None, clock=Clock())
@@ -253,3 +266,40 @@ def test_readyz_says_not_ready_while_stopping_or_without_the_database(loop: Supe
     loop.database.ready = True  # type: ignore[attr-defined]
     loop.pool.fork_error = "EAGAIN"  # type: ignore[attr-defined]
     assert loop.readyz()[0] == 503, "executors cannot be started"
+
+
+def test_answers_refused_by_a_statement_error_wait_before_going_again(loop: Supervisor) -> None:
+    """A batch that keeps failing (not for one row's data) must not spin the loop."""
+    from supervisor.pgconn import StatementError
+
+    answer = protocol.Answer({"task_id": 1, "ok": True}, b"1")
+    loop.pool.ended.append(Ended(task(1), "success", 0.01, answer))  # type: ignore[attr-defined]
+    loop.tick()
+    complete = next(s for tx in loop.database.rounds[-1] for s in tx.statements  # type: ignore[attr-defined]
+                    if b"complete_tasks" in s.sql)
+    complete.on_result(StatementError("57014", "canceling statement due to statement timeout"))
+    assert loop.answers.waiting and not loop.answers.sendable()
+    held_until = loop.answers.held_until()
+    assert held_until is not None
+    loop.rounds.dirty = False
+    loop.timers.clear("poll")
+    loop.timers.clear("heartbeat")
+    rounds = len(loop.database.rounds)  # type: ignore[attr-defined]
+    loop.tick()
+    assert loop.selector.timeouts[-1] > 0.05, "the loop sleeps until the answers may go again"  # type: ignore[attr-defined]
+    assert len(loop.database.rounds) == rounds, "and sends nothing meanwhile"  # type: ignore[attr-defined]
+    time.sleep(max(held_until - time.monotonic(), 0))
+    loop.tick()
+    assert "complete" in statements(loop.database.rounds[rounds]), "then they go"  # type: ignore[attr-defined]
+
+
+def test_a_failing_claim_is_retried_a_second_later_not_at_once(loop: Supervisor) -> None:
+    from supervisor.pgconn import StatementError
+
+    loop.rounds.dirty = True
+    loop.tick()
+    claim = next(s for tx in loop.database.rounds[-1] for s in tx.statements  # type: ignore[attr-defined]
+                 if b"claim_tasks" in s.sql)
+    claim.on_result(StatementError("XX000", "boom"))
+    assert loop.rounds.dirty is False
+    assert loop.rounds.next_due is not None and loop.rounds.next_due > 0

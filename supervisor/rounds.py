@@ -166,9 +166,8 @@ class Rounds:
             self._releasing = []
 
         def failed(failure: Failure) -> None:
-            if not isinstance(failure, Exception) or "aborted" not in str(failure):
-                log.warning("could not give back %d tasks (%s); they run again when their "
-                            "leases expire", len(self._releasing), failure)
+            log.warning("could not give back %d tasks (%s); they run again when their leases "
+                        "expire", len(self._releasing), failure)
             self._releasing = []
 
         return engine.release([t.fence for t in self._releasing], released, failed)

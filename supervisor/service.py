@@ -20,6 +20,7 @@ from supervisor.answers import PendingAnswers
 from supervisor.database import Database
 from supervisor.executors import fork_executor
 from supervisor.http import HttpEndpoint
+from supervisor.maintenance import QueueVacuum
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.preflight import EXIT_CONFIG, EXIT_RETRY, Problem
@@ -93,7 +94,8 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
                         on_tasks=rounds.on_notified, on_cancel=cancelled)
     supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
                             signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
-                            answers=answers, buffer=buffer, notifier=notifier, http=None)
+                            answers=answers, buffer=buffer, notifier=notifier, http=None,
+                            vacuum=QueueVacuum(database))
     if settings.metrics_port:
         supervisor.http = HttpEndpoint(settings.metrics_host, settings.metrics_port,
                                        supervisor.endpoints())

@@ -26,6 +26,7 @@ from pgflow import Flow
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
 from supervisor.http import HttpEndpoint
+from supervisor.maintenance import QueueVacuum
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.rounds import Rounds
@@ -52,7 +53,8 @@ class Supervisor:
                  selector: selectors.BaseSelector, signals: SignalQueue, pool: Pool,
                  database: Database, rounds: Rounds, answers: PendingAnswers,
                  buffer: collections.deque[HeldTask], notifier: Notifier,
-                 http: HttpEndpoint | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 http: HttpEndpoint | None, vacuum: QueueVacuum | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.flows = flows
         self.metrics = metrics
@@ -64,6 +66,7 @@ class Supervisor:
         self.answers = answers
         self.notifier = notifier
         self.http = http
+        self.vacuum = vacuum
         self.clock = clock
         # Claimed tasks waiting for an executor (the prefetch buffer).
         self.buffer = buffer
@@ -97,6 +100,8 @@ class Supervisor:
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
             self.timers.set("watchdog", now)
+        if self.vacuum is not None and s.queue_vacuum_interval:
+            self.timers.set("vacuum", now + s.queue_vacuum_interval)
         self.pool.fill(now)
         self.database.service(now)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
@@ -317,6 +322,9 @@ class Supervisor:
             elif name == "watchdog":
                 self.notifier.watchdog()
                 self.timers.set("watchdog", now + (self.notifier.watchdog_interval() or 1.0))
+            elif name == "vacuum" and self.vacuum is not None:
+                self.vacuum.run()
+                self.timers.set("vacuum", now + s.queue_vacuum_interval)
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
         if self.rounds.next_due is not None:

@@ -186,3 +186,17 @@ def test_an_executor_reconnects_after_a_database_restart_without_failing_an_atte
         "the executor's dropped connection did not cost an attempt"
 
 
+
+
+def test_with_autovacuum_off_the_supervisor_vacuums_the_queue(dsn, start_supervisor):
+    if query(dsn, "show autovacuum") != [("off",)]:
+        import pytest
+
+        pytest.skip("autovacuum is on here: the supervisor leaves the queue to it")
+    start_supervisor(dsn, "--queue-vacuum-interval", "0.5")
+    with Client(dsn) as client:
+        runs = client.start_flows("e2e_noop", list(range(200)))
+        assert {client.wait(r, timeout=20).status for r in runs} == {"completed"}
+    wait_until(lambda: query(dsn, "select pg_stat_clear_snapshot(), last_vacuum is not null from "
+                                  "pg_stat_user_tables where relid = 'pgflow.queue'::regclass")[0][1],
+               what="pgflow.queue vacuumed")

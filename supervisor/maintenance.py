@@ -5,7 +5,7 @@ its dead rows pile up fast; claims step over them until vacuum removes them
 (measured: 200,000 tasks through the engine doubled a claim's latency, 0.38
 -> 0.73 ms). Autovacuum does this where it runs. On a server where it is off
 (seen in production, by mistake), each supervisor vacuums pgflow.queue
-itself every `queue_vacuum_interval` seconds: the table holds only
+itself every `queue_vacuum_interval` seconds (10): the table holds only
 unfinished tasks, so this takes milliseconds. VACUUM cannot run in a
 pipeline, so it goes over the listening connection. A role that may not
 vacuum the table is told so once in the log.

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables /metrics")
     queue_vacuum_interval: float = Field(
-        default=60.0, ge=0,
+        default=10.0, ge=0,
         description="seconds between vacuums of pgflow.queue by this supervisor, done only when "
         "autovacuum is off on the server (0: never)",
     )

@@ -341,7 +341,8 @@ $$;
 -- ---------------------------------------------------------------------------
 
 -- What a supervisor reports with its heartbeat (see the columns above).
--- attempts_per_second is computed here from the previous report.
+-- attempts_per_second is computed here: the attempts finished since the
+-- previous report (or since the worker registered) over the time between.
 create function pgflow.report_worker(
     p_worker_id uuid, p_executors integer, p_busy integer, p_buffered integer,
     p_succeeded bigint, p_failed bigint
@@ -352,12 +353,12 @@ as $$
     update pgflow.workers w
     set executors = p_executors, executors_busy = p_busy, tasks_buffered = p_buffered,
         attempts_per_second = case
-            when w.stats_at is not null and now() > w.stats_at
+            when now() > coalesce(w.stats_at, w.started_at)
                  and p_succeeded + p_failed >= coalesce(w.attempts_succeeded, 0)
                                                 + coalesce(w.attempts_failed, 0)
             then (p_succeeded + p_failed - coalesce(w.attempts_succeeded, 0)
                   - coalesce(w.attempts_failed, 0))
-                 / extract(epoch from now() - w.stats_at)::float8
+                 / extract(epoch from now() - coalesce(w.stats_at, w.started_at))::float8
         end,
         attempts_succeeded = p_succeeded, attempts_failed = p_failed, stats_at = now()
     where w.worker_id = p_worker_id;

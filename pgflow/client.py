@@ -1,5 +1,5 @@
 """Client: what applications use to migrate, register flows and start, read,
-wait for and cancel runs.
+wait for, cancel, retry and prune runs.
 
 A Client holds one connection, opened on first use and reopened on the next
 call after it drops. Calls that may be retried after a dropped connection are
@@ -262,8 +262,10 @@ class Client:
                 conn.execute(f"unlisten {RUNS_CHANNEL}")
 
     def cancel_run(self, run_id: uuid.UUID | str) -> Run:
-        """Cancel a run: queued tasks are cancelled, answers of running ones
-        are ignored. A finished run stays as it is."""
+        """Cancel a run: queued tasks are cancelled; running ones are cancelled
+        too, their supervisors kill the executors running them (NOTIFY
+        pgflow_cancel), and an answer that still comes is ignored. A finished
+        run stays as it is."""
         run_uuid = _as_uuid(run_id, "cancel_run")
         self._call(lambda conn: conn.execute("select pgflow.cancel_run(%s)", (run_uuid,)))
         return self.get_run(run_uuid)

@@ -47,13 +47,13 @@ def _queue_totals(queue: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _runs_text(snap: Snapshot) -> Text:
-    text = Text.assemble(("runs ", "bold"), f"(started in the last {_window(snap.window_s)}) ")
+    text = Text.assemble(("runs ", "bold"), f"(started in the last {_window(snap.window_s)}): ")
     parts = [(status, snap.runs.get(status, 0)) for status in RUN_STATUSES]
     for i, (status, n) in enumerate(parts):
         text.append(f"{n:,} {status}", style=STATUS_STYLE.get(status, "") if n else "dim")
         if i < len(parts) - 1:
             text.append("  ")
-    text.append(f"; {snap.runs_finished_last_minute:,} finished in the last minute")
+    text.append(f"; {snap.runs_finished_last_minute:,} finished/min")
     return text
 
 
@@ -73,6 +73,7 @@ def render(snap: Snapshot) -> RenderableType:
 
     sample = f"(tasks of the latest {snap.sample_runs:,} runs of the window)"
     slow = _table(("flow", "step", "done", "p50", "p95", "max"))
+    timing = f"(claim to completion of each task's last attempt; {sample[1:]}"
     for s in snap.slowest_steps:
         slow.add_row(s["flow_slug"], s["step_slug"], f"{s['completed']:,}",
                      common.seconds(s["p50_s"]), common.seconds(s["p95_s"]),
@@ -81,7 +82,7 @@ def render(snap: Snapshot) -> RenderableType:
     for s in snap.failing_steps:
         failing.add_row(s["flow_slug"], s["step_slug"], f"{s['failed_attempts']:,}",
                         Text(f"{s['failed_tasks']:,}", style="red" if s["failed_tasks"] else ""))
-    parts += [_heading("slowest steps", sample),
+    parts += [_heading("slowest steps", timing),
               slow if snap.slowest_steps else Text("no step finished", style="dim"),
               _heading("most failing steps", sample),
               failing if snap.failing_steps else Text("no failed attempts", style="dim")]

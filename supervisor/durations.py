@@ -19,3 +19,11 @@ def parse_seconds(text: str) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration like {EXAMPLES}")
     return float(match[1]) * UNIT_SECONDS[match[2]]
+
+
+def format_seconds(seconds: float) -> str:
+    """The shortest form parse_seconds reads back: 2592000 -> "30d", 90 -> "90s"."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from supervisor import engine
+from supervisor import durations, engine
 from supervisor.answers import PendingAnswers
 from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
@@ -180,7 +180,7 @@ class Rounds:
             self._metrics.db_roundtrip("retention", time.perf_counter() - started)
             if runs:
                 log.info("retention: pruned %d runs (%d tasks) finished more than %s ago", runs,
-                         tasks, _age(chore.older_than))
+                         tasks, durations.format_seconds(chore.older_than))
             self.next_retention = chore.next_at(time.monotonic(), time.time(),
                                                 runs if ran else None)
 
@@ -246,10 +246,3 @@ class Rounds:
                 then()
 
         return report
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"

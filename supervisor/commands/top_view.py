@@ -8,6 +8,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from supervisor import durations
 from supervisor.commands import common
 from supervisor.commands.show_run import STATUS_STYLE
 
@@ -25,13 +26,6 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _window(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
 def _executors(supervisors: list[dict[str, Any]]) -> tuple[int, int]:
     busy = sum(s["executors_busy"] or 0 for s in supervisors)
     return busy, sum(s["executors"] or 0 for s in supervisors)
@@ -47,7 +41,8 @@ def _queue_totals(queue: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _runs_text(snap: Snapshot) -> Text:
-    text = Text.assemble(("runs ", "bold"), f"(started in the last {_window(snap.window_s)}): ")
+    window = durations.format_seconds(snap.window_s)
+    text = Text.assemble(("runs ", "bold"), f"(started in the last {window}): ")
     parts = [(status, snap.runs.get(status, 0)) for status in RUN_STATUSES]
     for i, (status, n) in enumerate(parts):
         text.append(f"{n:,} {status}", style=STATUS_STYLE.get(status, "") if n else "dim")
@@ -121,8 +116,9 @@ def line(snap: Snapshot) -> str:
     busy, total = _executors(snap.supervisors)
     q = _queue_totals(snap.queue)
     runs = " ".join(f"{status} {snap.runs.get(status, 0)}" for status in RUN_STATUSES)
+    window = durations.format_seconds(snap.window_s)
     text = (f"{snap.at.astimezone().strftime('%H:%M:%S')} attempts/s "
-            f"{_rate(snap.attempts_per_second)} | runs {_window(snap.window_s)}: {runs} | queue "
+            f"{_rate(snap.attempts_per_second)} | runs {window}: {runs} | queue "
             f"ready {q['ready']} delayed {q['delayed']} held {q['running']} | supervisors "
             f"{len(snap.supervisors)}, executors {busy}/{total} busy")
     if snap.slowest_steps:

@@ -15,11 +15,19 @@ from supervisor.pgconn import Rows
 from supervisor.retention import RetentionChore
 from supervisor.rounds import Rounds
 from supervisor.settings import Settings
+from supervisor.tasks import HeldTask
 
 
 @pytest.mark.parametrize("text, seconds", [
     ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800), ("1w", 604800), (" 1.5h ", 5400)])
 def test_durations(text, seconds):
+    assert durations.parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (2592000, "30d"), (1209600, "2w"), (5400, "90m"), (300, "5m"), (90, "90s"), (0.5, "0.5s")])
+def test_durations_are_written_back_in_their_shortest_form(seconds, text):
+    assert durations.format_seconds(seconds) == text
     assert durations.parse_seconds(text) == seconds
 
 
@@ -108,3 +116,13 @@ def test_the_heartbeat_carries_the_workers_report():
     assert report.params == (str(rounds.worker_id), "4", "3", "7", "2", "2")
     heartbeat_tx = next(tx for tx in transactions if report in tx.statements)
     assert any(b"pgflow.heartbeat" in s.sql for s in heartbeat_tx.statements)
+
+
+def test_dropping_a_cancelled_runs_buffered_tasks_gives_them_back():
+    rounds, _ = make_rounds()
+    mine = [HeldTask(i, 100 + i, run, "app", "step", 0, 1, 1000, 0.0, b"", 0.0)
+            for i, run in enumerate(["r1", "r2", "r1"])]
+    rounds._buffer.extend(mine)
+    rounds.drop_runs({"r1"})
+    assert list(rounds._buffer) == [mine[1]]
+    assert rounds.releases == [mine[0], mine[2]], "fenced releases: no-ops unless retried"

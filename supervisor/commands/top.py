@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import psycopg.rows
+from rich.console import Console
 from rich.live import Live
 
 from pgflow import queries
@@ -123,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(snapshot: Any, interval: float, count: int) -> None:
-    console = common.console()
+def follow(snapshot: Callable[[], Snapshot], interval: float, count: int,
+           console: Console | None = None) -> None:
+    """Show a snapshot every `interval` seconds (`count` times; 0: until Ctrl-C)."""
+    console = console or common.console()
     live = Live(console=console, auto_refresh=False, screen=False) if console.is_terminal else None
     if live is not None:
         live.start()

@@ -204,3 +204,10 @@ def test_workers_show_what_supervisors_report(capsys, conn, dsn):
     code, out, _ = pgflow_text(capsys, dsn, "workers")
     assert "2/2 busy" in out and "10.5" in out
 
+
+
+def test_new_commands_on_a_database_without_the_schema_say_run_migrate(capsys, empty_dsn):
+    for command in (["top"], ["prune", "--older-than", "7d"], ["retry", str(uuid.uuid4())]):
+        code, out, err = pgflow_text(capsys, empty_dsn, *command)
+        assert code == 78 and out == ""
+        assert err.endswith("has no pgflow schema: run `pgflow migrate`\n")

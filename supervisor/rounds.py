@@ -9,8 +9,8 @@ not undo the rest:
 3. a claim and the time the next delayed task is due, committed without
    waiting for the WAL flush (a claim lost in a crash only queues its tasks
    again, and its token fences the lost claim's answers);
-4. the worker's registration, heartbeat (which reports tasks no longer held,
-   and carries what the worker reports for `pgflow top`) and lease expiry of
+4. the worker's registration, heartbeat (which reports tasks no longer held),
+   what the worker reports for `pgflow top` and lease expiry of
    other supervisors' tasks, queue statistics;
 5. with `--retention`, at each tick, a batch of finished runs pruned if this
    supervisor wins the tick (see supervisor/retention.py).
@@ -120,13 +120,14 @@ class Rounds:
         if self.heartbeat_due:
             self.heartbeat_due = False
             held = [t.fence for t in self._held()]
+            transactions.append(Transaction([engine.heartbeat(
+                self.worker_id, held, self._settings.lease_grace, self._drop_lost,
+                self._failed("heartbeat"))]))
+            # A transaction of its own: a report that fails must not undo the heartbeat.
             m = self._metrics
-            transactions.append(Transaction([
-                engine.heartbeat(self.worker_id, held, self._settings.lease_grace, self._drop_lost,
-                                 self._failed("heartbeat")),
-                engine.report_worker(self.worker_id, m.executors_total, m.executors_busy,
-                                     m.tasks_buffered, m.attempts_succeeded, m.attempts_failed,
-                                     self._failed("report"))]))
+            transactions.append(Transaction([engine.report_worker(
+                self.worker_id, m.executors_total, m.executors_busy, m.tasks_buffered,
+                m.attempts_succeeded, m.attempts_failed, self._failed("report"))]))
             transactions.append(Transaction([engine.requeue_expired(
                 1000, self._requeued, self._failed("requeue"))]))
         if self.stats_due:

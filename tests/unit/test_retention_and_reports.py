@@ -104,7 +104,7 @@ def test_a_round_prunes_only_when_retention_is_on_and_due(monkeypatch):
     assert rounds.next_retention is not None
 
 
-def test_the_heartbeat_carries_the_workers_report():
+def test_the_heartbeat_round_carries_the_workers_report():
     rounds, metrics = make_rounds()
     metrics.set_executors(idle=1, busy=3)
     metrics.set_in_flight(running=3, buffered=7)
@@ -114,8 +114,9 @@ def test_the_heartbeat_carries_the_workers_report():
     transactions = rounds.next_round(PendingAnswers(metrics, 100), 0, rounds._buffer)
     (report,) = [s for tx in transactions for s in tx.statements if b"report_worker" in s.sql]
     assert report.params == (str(rounds.worker_id), "4", "3", "7", "2", "2")
-    heartbeat_tx = next(tx for tx in transactions if report in tx.statements)
-    assert any(b"pgflow.heartbeat" in s.sql for s in heartbeat_tx.statements)
+    report_tx = next(tx for tx in transactions if report in tx.statements)
+    assert report_tx.statements == [report], "its failure must not undo the heartbeat"
+    assert any(b"pgflow.heartbeat" in s.sql for tx in transactions for s in tx.statements)
 
 
 def test_dropping_a_cancelled_runs_buffered_tasks_gives_them_back():

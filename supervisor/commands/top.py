@@ -24,6 +24,7 @@ import psycopg
 import psycopg.rows
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from pgflow import queries
 from supervisor.commands import common, top_view, workers
@@ -110,10 +111,10 @@ def read(conn: psycopg.Connection, window: datetime.timedelta, sample: int,
 
 def run(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        conn = client.connection()
 
         def snapshot() -> Snapshot:
-            return read(conn, args.window, args.sample, args.heartbeat_interval)
+            # connection() reopens a connection that broke since the last refresh.
+            return read(client.connection(), args.window, args.sample, args.heartbeat_interval)
 
         if args.json:
             common.print_json(common.as_dict(snapshot()))
@@ -136,8 +137,16 @@ def follow(snapshot: Callable[[], Snapshot], interval: float, count: int,
     try:
         while True:
             started = time.monotonic()
-            current = snapshot()
-            if live is not None:
+            try:
+                current: Snapshot | str = snapshot()
+            except psycopg.OperationalError as exc:  # keep watching: the server may come back
+                current = f"cannot read the database ({str(exc).strip()}); trying again"
+            if isinstance(current, str):
+                if live is not None:
+                    live.update(Text(current, style="red"), refresh=True)
+                else:
+                    console.print(current, highlight=False, markup=False)
+            elif live is not None:
                 live.update(top_view.render(current), refresh=True)
             else:
                 console.print(top_view.line(current), highlight=False, markup=False)

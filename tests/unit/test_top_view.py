@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 
+import psycopg
 from rich.console import Console
 
 from supervisor.commands import top, top_view
@@ -77,3 +78,20 @@ def test_follow_redraws_in_place_on_a_terminal_and_stops_after_count():
     assert len(calls) == 3
     assert "throughput 3.0 attempts/s" in out.getvalue() and "throughput 1.0" in out.getvalue()
     assert "\x1b[" in out.getvalue(), "redrawn with cursor movements"
+
+
+def test_follow_keeps_watching_while_the_database_is_unreachable():
+    results: list[top.Snapshot | Exception] = [
+        snapshot(), psycopg.OperationalError("connection refused"), snapshot()]
+
+    def read() -> top.Snapshot:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    out = io.StringIO()
+    top.follow(read, 0.01, 3, Console(file=out, width=250))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and "attempts/s 123.4" in lines[2]
+    assert lines[1] == "cannot read the database (connection refused); trying again"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pgflow import retention
 from supervisor.commands import common
 
 NAME = "prune"
+EXIT_INTERRUPTED = 130
 HELP = "delete finished runs older than a cutoff (with their steps and tasks), in small batches"
 DESCRIPTION = (
     "Delete runs that completed, failed or were cancelled more than --older-than ago, with their "
@@ -41,7 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with common.client(args) as client:
-        result = client.prune(args.older_than, dry_run=args.dry_run, batch_size=args.batch_size)
+        try:
+            result = client.prune(args.older_than, dry_run=args.dry_run,
+                                  batch_size=args.batch_size)
+        except KeyboardInterrupt:
+            print("pgflow prune: interrupted; the batches done so far stay deleted (each was its "
+                  "own transaction), the one under way was rolled back", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if args.json:
         common.print_json({**common.as_dict(result),
                            "older_than_s": args.older_than.total_seconds()})

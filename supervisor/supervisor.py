@@ -294,7 +294,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup()) if t is not None]
+                                  self.database.next_wakeup(),
+                                  self.http.next_wakeup() if self.http else None) if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)
         return max(min(candidates, default=now + 1.0) - now, 0.0)

@@ -28,6 +28,7 @@ from pgflow import db, jsondata, migrations, queries
 from pgflow.errors import (
     FlowNotFoundError,
     InvalidInputError,
+    PermissionDeniedError,
     RunNotFoundError,
     ShapeConflictError,
 )
@@ -103,6 +104,8 @@ class Client:
                 except psycopg.OperationalError:
                     if attempt == 2 or not (conn.closed or conn.broken):
                         raise
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise _permission_denied(conn, exc) from None
                 except psycopg.Error as exc:
                     translated = db.engine_error(exc)
                     if translated is not None:
@@ -112,9 +115,11 @@ class Client:
 
     # -- schema and flows -------------------------------------------------------
 
-    def migrate(self) -> list[str]:
-        """Create or upgrade the pgflow schema; return the migrations applied."""
-        return self._call(migrations.migrate)
+    def migrate(self, *, roles: bool = False) -> list[str]:
+        """Create or upgrade the pgflow schema; return the migrations applied.
+        roles=True also creates the roles pgflow_app and pgflow_worker (see
+        deploy/README.md, "Least privilege")."""
+        return self._call(lambda conn: migrations.migrate(conn, roles=roles))
 
     def register(self, flow: Flow, *, replace: bool = False) -> str:
         """Store a flow's shape and options.
@@ -342,6 +347,15 @@ def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> 
     for notify in conn.notifies(timeout=seconds):
         if not notify.payload or run_id in notify.payload:
             return
+
+
+def _permission_denied(conn: psycopg.Connection,
+                       exc: psycopg.errors.InsufficientPrivilege) -> PermissionDeniedError:
+    reason = exc.diag.message_primary or str(exc)
+    return PermissionDeniedError(
+        f"{reason} (database role {conn.info.user!r}). pgflow_app may start, read, wait for and "
+        "cancel runs; pgflow_worker (supervisors) may claim and answer tasks and register "
+        "flows; migrations need the schema's owner. See deploy/README.md, \"Least privilege\"")
 
 
 def _flow_slug(flow: str | Flow) -> str:

@@ -97,3 +97,11 @@ def test_tuples_are_arrays() -> None:
 def test_the_same_object_twice_is_not_a_cycle() -> None:
     shared = {"x": 1}
     assert orjson.loads(jsondata.encode([shared, shared])) == [{"x": 1}, {"x": 1}]
+
+
+def test_a_value_too_large_to_copy_is_walked_instead(monkeypatch) -> None:
+    monkeypatch.setattr(jsondata, "_COPY_LIMIT_BYTES", 100)
+    monkeypatch.setattr(jsondata.orjson, "loads", None)  # no decoded copy is made
+    assert jsondata.encode({"rows": [{"n": n} for n in range(50)]}).startswith(b'{"rows":')
+    with pytest.raises(jsondata.NotJsonError, match=r"\$\.rows\[49\]\.n is NaN"):
+        jsondata.encode({"rows": [{"n": n} for n in range(49)] + [{"n": float("nan")}]})

@@ -6,10 +6,11 @@ its answer); every other run completes; nothing is left behind."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from pgflow import Client
-from tests.e2e.conftest import query
+from tests.e2e.conftest import PGFLOW, query
 
 EXPECTED = {
     "nan": "Output is not JSON-serializable: $.ratio is NaN",
@@ -61,3 +62,18 @@ def test_bad_outputs_and_inputs_fail_their_own_runs_while_the_others_complete(
     assert query(dsn, "select count(*) from pgflow.runs where status = 'started'") == [(0,)]
     assert supervisor.proc.poll() is None
     assert "Traceback" not in supervisor.log()
+
+
+def test_a_flow_module_that_exits_or_recurses_at_import_stops_with_78(dsn, tmp_path):
+    """A module that raises is tested in test_cli_errors.py; these leave in other ways."""
+    for name, body, shown in [
+        ("exits_flows", "import sys\nsys.exit('no config found')\n", "SystemExit: no config found"),
+        ("recursing_flows", "def f():\n    return f()\n\nf()\n", "RecursionError"),
+    ]:
+        (tmp_path / f"{name}.py").write_text(body)
+        result = subprocess.run(
+            [str(PGFLOW), "supervise", "--database-url", dsn, "--flows", name,
+             "--metrics-port", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 78, result.stderr
+        assert f"flow module {name!r} raised while being imported" in result.stderr
+        assert shown in result.stderr and "Traceback" not in result.stderr

@@ -395,3 +395,11 @@ def test_handlers_returning_what_cannot_be_stored_fail_their_own_task_readably(c
         assert len(run.error) < 1000
     for run_id in good:
         assert client.get_run(run_id).output == {"produce": {"fine": [1, 2.5, None, "x"]}}
+
+
+def test_the_cli_refuses_input_nested_deeper_than_python_reads(capsys, conn, dsn, echo, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    code, err = pgflow(capsys, dsn, "start", "single", "--input", f"@{deep}")
+    assert code == 78 and f"--input @{deep} nests deeper than Python can read" in err
+    assert nothing_started(conn)

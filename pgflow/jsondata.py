@@ -81,15 +81,18 @@ def _comes_back_equal(value: Any, data: bytes) -> bool:
         # A decoded copy would take as much memory again as the value (several
         # times its JSON): walk it instead, slower (about 50 ms a MiB) but flat.
         return find_problem(value) is None
-    if len(data) < _GC_PAUSE_BYTES or not gc.isenabled():
-        return orjson.loads(data) == value  # type: ignore[no-any-return]
-    # Decoding millions of objects would otherwise start a full collection
-    # several times over (measured: 12 MiB of small objects 420 ms -> 120 ms).
-    gc.disable()
+    pause_gc = len(data) >= _GC_PAUSE_BYTES and gc.isenabled()
+    if pause_gc:
+        # Decoding millions of objects would otherwise start a full collection
+        # several times over (measured: 12 MiB of small objects 420 ms -> 120 ms).
+        gc.disable()
     try:
         copy = orjson.loads(data)
+    except orjson.JSONDecodeError:  # an orjson.Fragment holding something else than JSON
+        return False
     finally:
-        gc.enable()
+        if pause_gc:
+            gc.enable()
     return copy == value  # type: ignore[no-any-return]
 
 
@@ -180,7 +183,8 @@ def _describe(value: Any) -> str:
         return f"a {type(value).__name__}, not JSON; send a list"
     if inspect.isgenerator(value) or inspect.isasyncgen(value) or inspect.iscoroutine(value):
         return f"a {type(value).__name__}, not JSON; return a list (e.g. list(...))"
-    return f"a {type(value).__module__}.{type(value).__qualname__}, not JSON"
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}, not JSON"
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -22,7 +22,7 @@ EXPECTED = {
     "generator": "Output is not JSON-serializable: $ is a generator",
     "recursive": "Output is not JSON-serializable: $[1] contains itself",
     "nul": "Output is not JSON-serializable: $ (a string) holds a NUL character",
-    "object": "Output is not JSON-serializable: $ is a e2e_bad_flows.Unencodable",
+    "object": "Output is not JSON-serializable: $ is an e2e_bad_flows.Unencodable",
     "huge": "over the limit of 1,048,576 (max_output_bytes)",
 }
 

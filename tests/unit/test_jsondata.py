@@ -72,6 +72,8 @@ def cyclic() -> dict[str, Any]:
     (cyclic(), "$.items[0]", "contains itself"),
     (nested(jsondata.MAX_DEPTH + 1), "$[0]", f"more than {jsondata.MAX_DEPTH} levels"),
     ({"my key": [object()]}, "$['my key'][0]", "a builtins.object"),
+    (orjson.Fragment(b'{"a": NaN}'), "$", "orjson.Fragment"),  # raw bytes, never checked
+    ({"raw": orjson.Fragment(b"[1]")}, "$.raw", "orjson.Fragment"),
 ])
 def test_what_is_not_plain_json_is_refused_with_where_and_why(value: Any, path: str,
                                                             problem: str) -> None:

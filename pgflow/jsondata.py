@@ -59,10 +59,12 @@ def encode(value: Any) -> bytes:
         raise NotJsonError(find_problem(value) or str(exc)) from None
     if b"\\u0000" in data and _ESCAPED_NUL.search(data):
         raise NotJsonError(find_problem(value) or "a string holds a NUL character (U+0000)")
-    if not _comes_back_equal(value, data):
-        problem = find_problem(value)
-        if problem is not None:
-            raise NotJsonError(problem)
+    try:
+        problem = None if _comes_back_equal(value, data) else find_problem(value)
+    except Exception as exc:  # a subclass whose __eq__ or __iter__ raises
+        problem = f"$ could not be checked ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        raise NotJsonError(problem)
     return data
 
 

@@ -107,3 +107,14 @@ def test_a_value_too_large_to_copy_is_walked_instead(monkeypatch) -> None:
     assert jsondata.encode({"rows": [{"n": n} for n in range(50)]}).startswith(b'{"rows":')
     with pytest.raises(jsondata.NotJsonError, match=r"\$\.rows\[49\]\.n is NaN"):
         jsondata.encode({"rows": [{"n": n} for n in range(49)] + [{"n": float("nan")}]})
+
+
+def test_a_container_whose_comparison_raises_is_refused_not_raised() -> None:
+    class Touchy(dict):
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("do not compare me")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    with pytest.raises(jsondata.NotJsonError, match="could not be checked.*do not compare me"):
+        jsondata.encode(Touchy(a=1))

@@ -65,3 +65,28 @@ def test_supervise_options_become_settings():
     settings = load_settings(args)
     assert (settings.flows, settings.migrate, settings.prefetch, settings.log_format) == (
         ["a", "b"], False, 3, "json")
+
+
+@pytest.mark.parametrize("options, problem", [
+    (["--lease-grace", "inf"], "--lease-grace / PGFLOW_LEASE_GRACE: Input should be a finite number"),
+    (["--poll-interval", "nan"], "--poll-interval / PGFLOW_POLL_INTERVAL: Input should be a finite"),
+    (["--shutdown-timeout", "1e9"], "--shutdown-timeout / PGFLOW_SHUTDOWN_TIMEOUT: Input should be "
+                                    "less than or equal to 86400"),
+    (["--heartbeat-interval", "7200"], "--heartbeat-interval / PGFLOW_HEARTBEAT_INTERVAL"),
+    (["--complete-batch", "10000000"], "--complete-batch / PGFLOW_COMPLETE_BATCH"),
+    (["--processes", "0"], "--processes / PGFLOW_PROCESSES: Input should be greater than or equal"),
+    (["--metrics-port", "70000"], "--metrics-port / PGFLOW_METRICS_PORT"),
+    (["--hostname", "evil\nhost"], "--hostname / PGFLOW_HOSTNAME: Value error, the host name must be"),
+    (["--lease-grace", "4", "--heartbeat-interval", "5"],
+     "--heartbeat-interval (5 s) must be shorter than --lease-grace (4 s)"),
+])
+def test_settings_out_of_range_are_refused_naming_the_option(options, problem):
+    from supervisor.commands.supervise import load_settings
+    from supervisor.preflight import EXIT_CONFIG, Problem
+
+    args = build_parser().parse_args(["supervise", "--database-url", "postgresql://x/y",
+                                      "--flows", "a", *options])
+    with pytest.raises(Problem) as refused:
+        load_settings(args)
+    assert refused.value.exit_code == EXIT_CONFIG
+    assert problem in str(refused.value)

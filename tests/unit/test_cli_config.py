@@ -3,6 +3,8 @@ and `supervise` options generated from the settings model."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from supervisor.cli import build_parser
@@ -90,3 +92,34 @@ def test_settings_out_of_range_are_refused_naming_the_option(options, problem):
         load_settings(args)
     assert refused.value.exit_code == EXIT_CONFIG
     assert problem in str(refused.value)
+
+
+def _shown_default(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_env_example_and_the_deploy_table_show_every_setting_with_its_default():
+    """They drifted once (prefetch 64 and a flush delay long after both changed)."""
+    from pathlib import Path
+
+    from pydantic_core import PydanticUndefined
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "deploy" / "supervisor.env.example").read_text()
+    table = (root / "deploy" / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        variable = f"PGFLOW_{name.upper()}"
+        assert f"{variable}=" in example, f"{variable} is missing from supervisor.env.example"
+        assert f"| `{variable}` |" in table, f"{variable} is missing from deploy/README.md"
+        if field.default is PydanticUndefined or field.default is None:
+            continue
+        shown = _shown_default(field.default)
+        commented = re.search(rf"^#{variable}=(.*)$", example, re.M)
+        if commented:
+            assert commented[1] == shown, f"{variable}: the example says {commented[1]}, the code {shown}"
+        row = re.search(rf"^\| `{variable}` \| ([^|]+) \|", table, re.M)
+        assert row and row[1].split()[0] == shown, f"{variable}: deploy/README.md says {row and row[1]}"

@@ -21,6 +21,9 @@ class StepState:
     started_at: datetime | None
     completed_at: datetime | None
     failed_at: datetime | None
+    # Set when status is "skipped": condition_unmet, dependency_skipped or handler_failed.
+    skip_reason: str | None = None
+    skipped_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Run:
     completed_at: datetime | None
     failed_at: datetime | None
     cancelled_at: datetime | None
+    key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     steps: dict[str, StepState] = field(default_factory=dict)
 
     @property
@@ -60,6 +65,8 @@ class RunSummary:
     failed_at: datetime | None
     cancelled_at: datetime | None
     duration_s: float | None  # start to finish; None while it runs
+    key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished_at(self) -> datetime | None:

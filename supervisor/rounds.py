@@ -10,7 +10,8 @@ not undo the rest:
    waiting for the WAL flush (a claim lost in a crash only queues its tasks
    again, and its token fences the lost claim's answers);
 4. the worker's registration, heartbeat (which reports tasks no longer held)
-   and lease expiry of other supervisors' tasks, queue statistics.
+   and lease expiry of other supervisors' tasks, queue statistics;
+5. due schedule ticks (start_due_ticks), when the "schedules" timer fired.
 
 Every transaction sets its own lock and statement timeouts (never session
 state), so the connection may go through a transaction pooler.
@@ -19,6 +20,7 @@ state), so the connection may go through a transaction pooler.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import time
@@ -30,6 +32,7 @@ from supervisor.answers import PendingAnswers
 from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
 from supervisor.pgconn import Statement, Transaction
+from supervisor.schedules import Scheduler, TickResult
 from supervisor.settings import Settings
 from supervisor.tasks import HeldTask
 
@@ -45,7 +48,7 @@ STATEMENT_TIMEOUT = "60s"
 class Rounds:
     def __init__(self, settings: Settings, flows: Sequence[str], metrics: Metrics,
                  buffer: collections.deque[HeldTask], held: Callable[[], list[HeldTask]],
-                 worker_id: uuid.UUID | None = None) -> None:
+                 worker_id: uuid.UUID | None = None, scheduler: Scheduler | None = None) -> None:
         self._settings = settings
         self._flows = list(flows)
         self._metrics = metrics
@@ -60,6 +63,9 @@ class Rounds:
         self.stop_due = False
         self.releases: list[HeldTask] = []
         self._releasing: list[HeldTask] = []
+        self.scheduler = scheduler
+        self.schedules_due = False  # the "schedules" timer fired
+        self.next_schedule_at: float | None = None  # monotonic; the loop arms its timer
         self._session = {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
 
     # -- what the loop tells us ----------------------------------------------------
@@ -75,6 +81,8 @@ class Rounds:
     def on_database_up(self) -> None:
         """(Re)connected: notifications may have been lost meanwhile, so claim once."""
         self.register_due = self.dirty = True
+        if self.scheduler:
+            self.schedules_due = True
 
     def release(self, tasks: list[HeldTask]) -> None:
         self.releases += tasks
@@ -90,7 +98,7 @@ class Rounds:
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
         return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
-                    or self.stats_due or self.register_due or self.stop_due)
+                    or self.stats_due or self.register_due or self.stop_due or self.schedules_due)
 
     # -- composing a round ------------------------------------------------------------
 
@@ -121,6 +129,11 @@ class Rounds:
                 engine.queue_stats(self._flows, self._metrics.set_queue, self._failed("stats")),
                 engine.notification_queue_usage(self._metrics.set_notification_queue_usage,
                                                 self._failed("stats"))]))
+        if self.schedules_due and not self.stop_due:
+            self.schedules_due = False
+            statement = self._schedules_statement()
+            if statement is not None:
+                transactions.append(Transaction([statement]))
         if self.stop_due and not self.releases and not self._releasing:
             self.stop_due = False
             transactions.append(Transaction([engine.stop_worker(
@@ -155,6 +168,33 @@ class Rounds:
         return [engine.claim(self.worker_id, self._flows, limit, self._settings.lease_grace,
                              claimed, failed),
                 engine.next_due(self._flows, due_in, lambda failure: None)]
+
+    def _schedules_statement(self) -> Statement | None:
+        """Start the runs of due schedule ticks; when nothing is due, only say
+        when to look again."""
+        scheduler = self.scheduler
+        if not scheduler:
+            return None
+        now = datetime.datetime.now(datetime.UTC)
+        items = scheduler.due(now)
+        if not items:
+            self._schedule_next(scheduler, now)
+            return None
+
+        def done(results: list[TickResult]) -> None:
+            now = datetime.datetime.now(datetime.UTC)
+            scheduler.on_result(results, now)
+            self._schedule_next(scheduler, now)
+
+        def failed(failure: Failure) -> None:
+            self._failed("schedules")(failure)
+            self.next_schedule_at = time.monotonic() + 1.0
+
+        return engine.start_due_ticks(items, done, failed)
+
+    def _schedule_next(self, scheduler: Scheduler, now: datetime.datetime) -> None:
+        wait = (scheduler.next_check(now) - now).total_seconds()
+        self.next_schedule_at = time.monotonic() + max(wait, 0.0)
 
     def _release_statement(self) -> Statement:
         self._releasing, self.releases = self.releases, []

@@ -12,6 +12,7 @@ whatever the timers asked for.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import selectors
@@ -31,6 +32,7 @@ from supervisor.http import HttpEndpoint
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.rounds import Rounds
+from supervisor.schedules import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.settings import Settings
 from supervisor.signals import SignalQueue
@@ -99,6 +101,10 @@ class Supervisor:
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
             self.timers.set("watchdog", now)
+        if self.rounds.scheduler:
+            self.timers.set("schedules", now)
+            for line in self.rounds.scheduler.describe(datetime.datetime.now(datetime.UTC)):
+                log.info("%s", line)
         self.pool.fill(now)
         self.database.service(now)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
@@ -320,6 +326,11 @@ class Supervisor:
                 self.timers.set("watchdog", now + (self.notifier.watchdog_interval() or 1.0))
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
+            elif name == "schedules":
+                self.rounds.schedules_due = True
+        if self.rounds.next_schedule_at is not None:
+            self.timers.set("schedules", self.rounds.next_schedule_at)
+            self.rounds.next_schedule_at = None
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None
@@ -360,7 +371,7 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
         in_executors = [t for child in pool.children.values() for t in child.tasks]
         return [*buffer, *in_executors, *answers.held(), *rounds.releases]
 
-    rounds = Rounds(settings, list(flows), metrics, buffer, held)
+    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows))
 
     def cancelled(run_ids: set[str]) -> None:
         rounds.drop_runs(run_ids)

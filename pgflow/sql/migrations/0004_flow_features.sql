@@ -301,13 +301,15 @@ begin
             join pgflow.runs r on r.run_id = ss.run_id and r.status = 'started'
             join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
             join pgflow.flows f on f.flow_slug = ss.flow_slug
-            -- A dependent map's source step.
+            -- A dependent map's source step (offset 0: read for map steps only,
+            -- and by the whole key of step_states whatever the statistics say).
             left join lateral (
                 select d.dep_slug, dep.status, dep.output
                 from pgflow.deps d
                 join pgflow.step_states dep on dep.run_id = ss.run_id and dep.step_slug = d.dep_slug
                 where s.step_type = 'map' and d.flow_slug = ss.flow_slug
                   and d.step_slug = ss.step_slug
+                offset 0
             ) src on true
             -- What a condition is matched against, read only for steps that have one
             -- (offset 0 keeps it a column, so _condition_met is inlined).

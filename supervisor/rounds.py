@@ -43,6 +43,10 @@ log = logging.getLogger("pgflow.supervisor")
 # waits this long is given up and tried again in a later round.
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
+# Schedules: look a little after a tick is due (the loop's clock and the
+# wall clock are not the same), and at most this often after an answer.
+SCHEDULE_MARGIN = 0.02
+SCHEDULE_PAUSE = 0.2
 
 
 class Rounds:
@@ -98,7 +102,8 @@ class Rounds:
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
         return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
-                    or self.stats_due or self.register_due or self.stop_due or self.schedules_due)
+                    or self.stats_due or self.register_due or self.stop_due or self.schedules_due
+                    or self.next_schedule_at is not None)  # the loop arms its timer first
 
     # -- composing a round ------------------------------------------------------------
 
@@ -178,13 +183,15 @@ class Rounds:
         now = datetime.datetime.now(datetime.UTC)
         items = scheduler.due(now)
         if not items:
-            self._schedule_next(scheduler, now)
+            self._schedule_next(scheduler, now, SCHEDULE_MARGIN)
             return None
 
         def done(results: list[TickResult]) -> None:
             now = datetime.datetime.now(datetime.UTC)
             scheduler.on_result(results, now)
-            self._schedule_next(scheduler, now)
+            # Not sooner than this: a tick the database's clock has not
+            # reached yet is asked for again shortly, not in a tight loop.
+            self._schedule_next(scheduler, now, SCHEDULE_PAUSE)
 
         def failed(failure: Failure) -> None:
             self._failed("schedules")(failure)
@@ -192,9 +199,10 @@ class Rounds:
 
         return engine.start_due_ticks(items, done, failed)
 
-    def _schedule_next(self, scheduler: Scheduler, now: datetime.datetime) -> None:
+    def _schedule_next(self, scheduler: Scheduler, now: datetime.datetime,
+                       minimum: float) -> None:
         wait = (scheduler.next_check(now) - now).total_seconds()
-        self.next_schedule_at = time.monotonic() + max(wait, 0.0)
+        self.next_schedule_at = time.monotonic() + max(wait + SCHEDULE_MARGIN, minimum)
 
     def _release_statement(self) -> Statement:
         self._releasing, self.releases = self.releases, []

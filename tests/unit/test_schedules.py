@@ -3,14 +3,21 @@ hands to the engine (supervisor.schedules), without a database."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
+import time
 
 import pytest
 
 from pgflow import Flow, FlowDefinitionError
 from pgflow.schedule import Schedule
+from supervisor.answers import PendingAnswers
+from supervisor.metrics import Metrics
+from supervisor.pgconn import Rows
+from supervisor.rounds import Rounds
 from supervisor.schedules import RECHECK, Scheduler, TickResult
+from supervisor.settings import Settings
 
 UTC = datetime.UTC
 
@@ -118,3 +125,27 @@ def test_checks_are_never_further_apart_than_the_recheck_interval():
     scheduler.on_result([TickResult("yearly", at("2025-01-01 00:00"), 1, None)], now)
     assert scheduler.next_check(now) == now + RECHECK
     assert not Scheduler({"plain": Flow("plain")})
+
+
+def test_the_supervisors_rounds_ask_for_due_ticks_and_arm_the_next_check(monkeypatch):
+    monkeypatch.setenv("PGFLOW_DATABASE_URL", "postgresql://x/y")
+    monkeypatch.setenv("PGFLOW_FLOWS", "app.flows")
+    metrics = Metrics()
+    flow = scheduled()
+    rounds = Rounds(Settings(), ["hourly"], metrics, collections.deque(), list,
+                    scheduler=Scheduler({"hourly": flow}))
+    answers = PendingAnswers(metrics, 10)
+    assert rounds.next_round(answers, 0, collections.deque()) == []
+
+    rounds.schedules_due = True
+    assert rounds.has_work(answers, 0)
+    [transaction] = rounds.next_round(answers, 0, collections.deque())
+    [statement] = transaction.statements
+    assert b"start_due_ticks" in statement.sql
+    watermark = datetime.datetime.now(UTC) - datetime.timedelta(minutes=1)
+    statement.on_result(Rows(("flow_slug", "last_tick_at", "started", "error"),
+                             [(b"hourly", str(watermark.timestamp()).encode(), b"0", None)]))
+    wait = rounds.next_schedule_at - time.monotonic()
+    expected = (flow.schedule.next_after(watermark) - datetime.datetime.now(UTC)).total_seconds()
+    assert 0.19 <= wait <= max(expected, 0.2) + 0.1
+    assert rounds.has_work(answers, 0), "the loop arms its timer before sleeping"

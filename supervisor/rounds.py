@@ -9,9 +9,12 @@ not undo the rest:
 3. a claim and the time the next delayed task is due, committed without
    waiting for the WAL flush (a claim lost in a crash only queues its tasks
    again, and its token fences the lost claim's answers);
-4. the worker's registration, heartbeat (which reports tasks no longer held)
-   and lease expiry of other supervisors' tasks, queue statistics;
-5. due schedule ticks (start_due_ticks), when the "schedules" timer fired.
+4. the worker's registration, heartbeat (which reports tasks no longer held),
+   what the worker reports for `pgflow top` and lease expiry of
+   other supervisors' tasks, queue statistics;
+5. with `--retention`, at each tick, a batch of finished runs pruned if this
+   supervisor wins the tick (see supervisor/retention.py);
+6. due schedule ticks (start_due_ticks), when the "schedules" timer fired.
 
 Every transaction sets its own lock and statement timeouts (never session
 state), so the connection may go through a transaction pooler.
@@ -27,11 +30,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from supervisor import engine
+from supervisor import durations, engine
 from supervisor.answers import PendingAnswers
 from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
 from supervisor.pgconn import Statement, Transaction
+from supervisor.retention import RetentionChore
 from supervisor.schedules import Scheduler, TickResult
 from supervisor.settings import Settings
 from supervisor.tasks import HeldTask
@@ -43,6 +47,7 @@ log = logging.getLogger("pgflow.supervisor")
 # waits this long is given up and tried again in a later round.
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
+CLAIM_RETRY_SECONDS = 1.0
 # Schedules: look a little after a tick is due (the loop's clock and the
 # wall clock are not the same), and at most this often after an answer.
 SCHEDULE_MARGIN = 0.02
@@ -65,6 +70,11 @@ class Rounds:
         self.stats_due = False
         self.register_due = False
         self.stop_due = False
+        self.retention_due = False
+        self.retention = (RetentionChore(settings.retention) if settings.retention else None)
+        # Monotonic time of the next retention tick, for the loop's timer (it clears it).
+        self.next_retention: float | None = (
+            self.retention.first_at(time.monotonic()) if self.retention else None)
         self.releases: list[HeldTask] = []
         self._releasing: list[HeldTask] = []
         self.scheduler = scheduler
@@ -101,8 +111,9 @@ class Rounds:
         return bool(len(answers) or self.releases or self._releasing or self.stop_due)
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
-        return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
-                    or self.stats_due or self.register_due or self.stop_due or self.schedules_due
+        return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
+                    or self.stats_due or self.register_due or self.stop_due
+                    or self.retention_due or self.schedules_due
                     or self.next_schedule_at is not None)  # the loop arms its timer first
 
     # -- composing a round ------------------------------------------------------------
@@ -126,6 +137,11 @@ class Rounds:
             transactions.append(Transaction([engine.heartbeat(
                 self.worker_id, held, self._settings.lease_grace, self._drop_lost,
                 self._failed("heartbeat"))]))
+            # A transaction of its own: a report that fails must not undo the heartbeat.
+            m = self._metrics
+            transactions.append(Transaction([engine.report_worker(
+                self.worker_id, m.executors_total, m.executors_busy, m.tasks_buffered,
+                m.attempts_succeeded, m.attempts_failed, self._failed("report"))]))
             transactions.append(Transaction([engine.requeue_expired(
                 1000, self._requeued, self._failed("requeue"))]))
         if self.stats_due:
@@ -134,6 +150,9 @@ class Rounds:
                 engine.queue_stats(self._flows, self._metrics.set_queue, self._failed("stats")),
                 engine.notification_queue_usage(self._metrics.set_notification_queue_usage,
                                                 self._failed("stats"))]))
+        if self.retention_due and self.retention is not None:
+            self.retention_due = False
+            transactions.append(Transaction([self._retention_statement(self.retention)]))
         if self.schedules_due and not self.stop_due:
             self.schedules_due = False
             statement = self._schedules_statement()
@@ -167,12 +186,32 @@ class Rounds:
                     self.next_due = time.monotonic() + seconds
 
         def failed(failure: Failure) -> None:
-            self.dirty = True
+            # Try again in a second (sooner on a notification), not at once:
+            # a claim that keeps failing must not spin the loop.
+            self.next_due = time.monotonic() + CLAIM_RETRY_SECONDS
             self._failed("claim")(failure)
 
         return [engine.claim(self.worker_id, self._flows, limit, self._settings.lease_grace,
                              claimed, failed),
                 engine.next_due(self._flows, due_in, lambda failure: None)]
+
+    def _retention_statement(self, chore: RetentionChore) -> Statement:
+        started = time.perf_counter()
+
+        def pruned(ran: bool, runs: int, tasks: int) -> None:
+            self._metrics.db_roundtrip("retention", time.perf_counter() - started)
+            if runs:
+                log.info("retention: pruned %d runs (%d tasks) finished more than %s ago", runs,
+                         tasks, durations.format_seconds(chore.older_than))
+            self.next_retention = chore.next_at(time.monotonic(), time.time(),
+                                                runs if ran else None)
+
+        def failed(failure: Failure) -> None:
+            self._failed("retention")(failure)
+            self.next_retention = chore.next_at(time.monotonic(), time.time(), None)
+
+        return engine.retention_tick(self.worker_id, chore.older_than, chore.batch_runs,
+                                     chore.tick, pruned, failed)
 
     def _schedules_statement(self) -> Statement | None:
         """Start the runs of due schedule ticks; when nothing is due, only say
@@ -211,9 +250,8 @@ class Rounds:
             self._releasing = []
 
         def failed(failure: Failure) -> None:
-            if not isinstance(failure, Exception) or "aborted" not in str(failure):
-                log.warning("could not give back %d tasks (%s); they run again when their "
-                            "leases expire", len(self._releasing), failure)
+            log.warning("could not give back %d tasks (%s); they run again when their leases "
+                        "expire", len(self._releasing), failure)
             self._releasing = []
 
         return engine.release([t.fence for t in self._releasing], released, failed)
@@ -229,15 +267,22 @@ class Rounds:
             return
         kept = [t for t in self._buffer if t.task_id not in lost]
         dropped = len(self._buffer) - len(kept)
-        self._buffer.clear()
-        self._buffer.extend(kept)
-        log.warning("%d held tasks are no longer ours (lease expired, or run finished); "
-                    "dropped %d buffered ones", len(lost), dropped)
+        if dropped:  # (the others are answered tasks whose answers were just written)
+            self._buffer.clear()
+            self._buffer.extend(kept)
+            log.warning("dropped %d buffered tasks that are no longer ours (their lease "
+                        "expired and another claim took them, or their run ended)", dropped)
 
     def drop_runs(self, run_ids: set[str]) -> None:
+        """Drop buffered tasks of runs whose tasks were cancelled, giving them
+        back: the release is fenced, so it changes nothing for a task that
+        was cancelled, and returns one claimed after a retry that came
+        between the cancel and its notification."""
         kept = [t for t in self._buffer if t.run_id not in run_ids]
+        dropped = [t for t in self._buffer if t.run_id in run_ids]
         self._buffer.clear()
         self._buffer.extend(kept)
+        self.release(dropped)
 
     def _requeued(self, count: int) -> None:
         if count:

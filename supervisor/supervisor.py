@@ -24,15 +24,13 @@ from enum import Enum
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pgflow import Flow
-from pgflow.db import conninfo
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
-from supervisor.executors import fork_executor
 from supervisor.http import HttpEndpoint
+from supervisor.maintenance import QueueVacuum
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.rounds import Rounds
-from supervisor.schedules import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.settings import Settings
 from supervisor.signals import SignalQueue
@@ -56,7 +54,8 @@ class Supervisor:
                  selector: selectors.BaseSelector, signals: SignalQueue, pool: Pool,
                  database: Database, rounds: Rounds, answers: PendingAnswers,
                  buffer: collections.deque[HeldTask], notifier: Notifier,
-                 http: HttpEndpoint | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 http: HttpEndpoint | None, vacuum: QueueVacuum | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.flows = flows
         self.metrics = metrics
@@ -68,6 +67,7 @@ class Supervisor:
         self.answers = answers
         self.notifier = notifier
         self.http = http
+        self.vacuum = vacuum
         self.clock = clock
         # Claimed tasks waiting for an executor (the prefetch buffer).
         self.buffer = buffer
@@ -101,6 +101,8 @@ class Supervisor:
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
             self.timers.set("watchdog", now)
+        if self.vacuum is not None and s.queue_vacuum_interval:
+            self.timers.set("vacuum", now + s.queue_vacuum_interval)
         if self.rounds.scheduler:
             self.timers.set("schedules", now)
             for line in self.rounds.scheduler.describe(datetime.datetime.now(datetime.UTC)):
@@ -241,8 +243,10 @@ class Supervisor:
         """Ended tasks become answers; tasks an executor never started go back."""
         ended, returned = self.pool.take()
         for end in ended:
-            if end.outcome != "cancelled":  # the engine already ended those
+            if end.outcome != "cancelled":
                 self.answers.add(end)
+            else:  # the engine ended it; a fenced release is a no-op, unless the run was retried
+                self.rounds.release([end.task])
         if returned:
             if self.stop_mode is None:
                 self.buffer.extendleft(reversed(returned))
@@ -271,7 +275,7 @@ class Supervisor:
         completing a step readies its dependents in the same commit, and the
         claim that follows in the round sees them (a chain's next step costs
         no extra round trip)."""
-        wanted = self.rounds.dirty or bool(self.answers.waiting)
+        wanted = self.rounds.dirty or self.answers.sendable()
         if not wanted or self.pool.fork_error is not None and not self.pool.serving():
             return 0
         capacity = self.pool.capacity()
@@ -302,7 +306,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup()) if t is not None]
+                                  self.database.next_wakeup(), self.answers.held_until())
+                      if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)
         return max(min(candidates, default=now + 1.0) - now, 0.0)
@@ -324,10 +329,18 @@ class Supervisor:
             elif name == "watchdog":
                 self.notifier.watchdog()
                 self.timers.set("watchdog", now + (self.notifier.watchdog_interval() or 1.0))
+            elif name == "vacuum" and self.vacuum is not None:
+                self.vacuum.run()
+                self.timers.set("vacuum", now + s.queue_vacuum_interval)
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
+            elif name == "retention":
+                self.rounds.retention_due = True
             elif name == "schedules":
                 self.rounds.schedules_due = True
+        if self.rounds.next_retention is not None:
+            self.timers.set("retention", self.rounds.next_retention)
+            self.rounds.next_retention = None
         if self.rounds.next_schedule_at is not None:
             self.timers.set("schedules", self.rounds.next_schedule_at)
             self.rounds.next_schedule_at = None
@@ -353,40 +366,3 @@ class Supervisor:
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
         }
-
-
-def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
-           notifier: Notifier) -> Supervisor:
-    """A supervisor with its real collaborators, wired together."""
-    selector = selectors.DefaultSelector()
-    buffer: collections.deque[HeldTask] = collections.deque()
-    answers = PendingAnswers(metrics, settings.complete_batch)
-    pool = Pool(settings.processes,
-                lambda: fork_executor(flows, settings.database_url, settings.max_output_bytes),
-                selector, metrics, depth=settings.executor_depth, kill_grace=settings.kill_grace,
-                max_tasks_per_executor=settings.max_tasks_per_child,
-                max_memory_mib=settings.max_memory_per_child)
-
-    def held() -> list[HeldTask]:
-        in_executors = [t for child in pool.children.values() for t in child.tasks]
-        return [*buffer, *in_executors, *answers.held(), *rounds.releases]
-
-    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows))
-
-    def cancelled(run_ids: set[str]) -> None:
-        rounds.drop_runs(run_ids)
-        if pool.kill_runs(run_ids, time.monotonic()):
-            log.info("stopped the running tasks of %d cancelled runs", len(run_ids))
-
-    name = f"pgflow supervisor {settings.hostname}"
-    database = Database(conninfo(settings.database_url, name),
-                        conninfo(settings.listen_url or settings.database_url, name),
-                        selector, metrics, on_up=rounds.on_database_up,
-                        on_tasks=rounds.on_notified, on_cancel=cancelled)
-    supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
-                            signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
-                            answers=answers, buffer=buffer, notifier=notifier, http=None)
-    if settings.metrics_port:
-        supervisor.http = HttpEndpoint(settings.metrics_host, settings.metrics_port,
-                                       supervisor.endpoints())
-    return supervisor

@@ -287,7 +287,14 @@ declare
     v_fail_errors text[];
 begin
     loop
-        with ready as (
+        with waiting as materialized (
+            -- First, and on its own, as in 0003: no statistics can make the
+            -- plan start from pgflow.runs (and read every started run).
+            select ss.run_id, ss.flow_slug, ss.step_slug
+            from pgflow.step_states ss
+            where ss.run_id = any (p_run_ids) and ss.status = 'created'
+              and ss.remaining_deps = 0
+        ), ready as (
             select ss.run_id, ss.flow_slug, ss.step_slug, s.step_index, s.step_type, s.deps_count,
                    s.start_delay, s.when_unmet, s.if_pattern, s.if_not_pattern,
                    case when s.max_concurrency is not null then s.step_slug else '' end as lane,
@@ -297,7 +304,7 @@ begin
                         then case when s.deps_count = 0 then r.input else src.output end
                    end as arr,
                    cond.input as cond_input
-            from pgflow.step_states ss
+            from waiting ss
             join pgflow.runs r on r.run_id = ss.run_id and r.status = 'started'
             join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
             join pgflow.flows f on f.flow_slug = ss.flow_slug
@@ -326,8 +333,6 @@ begin
                 where s.if_pattern is not null or s.if_not_pattern is not null
                 offset 0
             ) cond on true
-            where ss.run_id = any (p_run_ids) and ss.status = 'created'
-              and ss.remaining_deps = 0
         ), decided as (
             select ready.*,
                    case

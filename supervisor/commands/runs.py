@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
     parser.add_argument("--since", type=common.since,
                         help="only runs started since: a duration ago (30m, 2h, 7d) or a date/time")
-    parser.add_argument("--tag", type=_tag, action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--tag", type=tag_option, action="append", default=[], metavar="NAME=VALUE",
                         help="only runs with this tag (repeat: all of them)")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     common.add_database_option(parser)
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tag(text: str) -> tuple[str, str]:
+def tag_option(text: str) -> tuple[str, str]:
+    """An argparse type for --tag NAME=VALUE."""
     try:
         return parse_tag(text)
     except ValueError as exc:

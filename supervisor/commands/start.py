@@ -1,4 +1,4 @@
-"""`pgflow start FLOW --input JSON|@file [--run-id ID] [--wait]`."""
+"""`pgflow start FLOW --input JSON|@file [--run-id ID] [--key KEY] [--tag k=v] [--wait]`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from pgflow import Client, Run
-from supervisor.commands import common, show_run
+from supervisor.commands import common, runs, show_run
 from supervisor.preflight import EXIT_CONFIG, Problem
 
 NAME = "start"
@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default="null",
                         help="the run's input: JSON, or @path to a JSON file (default: null)")
     parser.add_argument("--run-id", help="your own run id (a UUID): starting it twice starts one run")
+    parser.add_argument("--key", help="while a run of this flow with this key is unfinished, "
+                                      "return it instead of starting another")
+    parser.add_argument("--tag", type=runs.tag_option, action="append", default=[],
+                        metavar="NAME=VALUE", help="a tag stored on the run (repeat for more)")
     parser.add_argument("--wait", action="store_true",
                         help="watch the run until it finishes; exit 0 if it completed, 1 otherwise")
     parser.add_argument("--timeout", type=float, default=None,
@@ -87,7 +91,8 @@ def watch(client: Client, run_id: Any, console: Console, timeout: float | None) 
 def run(args: argparse.Namespace) -> int:
     value = parse_input(args.input)
     with common.client(args) as client:
-        run_id = client.start_flow(args.flow, value, run_id=args.run_id)
+        run_id = client.start_flow(args.flow, value, run_id=args.run_id, key=args.key,
+                                   tags=dict(args.tag) or None)
         if not args.wait:
             if args.json:
                 common.print_json({"run_id": run_id})

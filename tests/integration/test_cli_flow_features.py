@@ -8,7 +8,7 @@ import datetime
 import pytest
 
 from executor import drain
-from pgflow import Flow
+from pgflow import Client, Flow
 from tests.integration.test_cli_commands import pgflow_json, pgflow_text
 
 
@@ -86,3 +86,22 @@ def test_run_shows_key_tags_and_why_steps_were_skipped(capsys, client, dsn):
     code, out, _ = pgflow_text(capsys, dsn, "run", str(run_id))
     assert "tags: key k, tenant=acme" in out
     assert "skipped (condition_unmet)" in out
+
+
+def test_start_takes_a_key_and_tags(capsys, dsn):
+    import json
+
+    from supervisor.cli import main
+    from tests.integration.helpers import single_flow
+
+    with Client(dsn) as client:
+        client.register(single_flow())
+    args = ["start", "single", "--input", "1", "--key", "order-42", "--tag", "tenant=acme",
+            "--database-url", dsn, "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)["run_id"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == first, "the key returns the same run"
+    with Client(dsn) as client:
+        (listed,) = client.list_runs(tags={"tenant": "acme"})
+    assert str(listed.run_id) == first

@@ -54,9 +54,9 @@ def claim(
     rows = _rows(conn, "claim", (worker_id, list(flows), limit, lease_grace))
     return [
         ClaimedTask(task_id, token, run_id, flow, step, index, attempt, timeout_ms,
-                    orjson.loads(input), is_flow_input, waited)
+                    orjson.loads(input), is_flow_input, waited, flow_input)
         for task_id, token, run_id, flow, step, index, attempt, timeout_ms, input,
-        is_flow_input, waited in rows
+        is_flow_input, waited, flow_input in rows
     ]
 
 

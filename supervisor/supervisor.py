@@ -94,7 +94,7 @@ class Supervisor:
         self.signals.install()
         self.signals.register(self.selector)
         now = self.clock()
-        for name, interval in (("poll", s.poll_interval), ("queue_stats", 0.0),
+        for name, interval in (("poll", self.database.poll_interval), ("queue_stats", 0.0),
                                ("heartbeat", s.heartbeat_interval)):
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
@@ -306,7 +306,7 @@ class Supervisor:
         for name in self.timers.pop_due(now):
             if name == "poll":
                 self.rounds.wake("poll")
-                self.timers.set("poll", now + s.poll_interval)
+                self.timers.set("poll", now + self.database.poll_interval)
             elif name == "due":
                 self.rounds.wake("timer")
             elif name == "heartbeat":
@@ -323,6 +323,8 @@ class Supervisor:
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None
+        # Sooner when notifications turn out not to arrive.
+        self.timers.set_earlier("poll", now + self.database.poll_interval)
 
     def _update_gauges(self) -> None:
         idle, busy, waiting = self.pool.counts()
@@ -368,10 +370,14 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
             log.info("stopped the running tasks of %d cancelled runs", len(run_ids))
 
     name = f"pgflow supervisor {settings.hostname}"
+    listen_url = settings.listen_target()
     database = Database(conninfo(settings.database_url, name),
-                        conninfo(settings.listen_url or settings.database_url, name),
+                        conninfo(listen_url, name) if listen_url else None,
                         selector, metrics, on_up=rounds.on_database_up,
-                        on_tasks=rounds.on_notified, on_cancel=cancelled)
+                        on_tasks=rounds.on_notified, on_cancel=cancelled,
+                        poll_interval=settings.poll_interval,
+                        poll_interval_without_notifications=(
+                            settings.poll_interval_without_notifications))
     supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
                             signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
                             answers=answers, buffer=buffer, notifier=notifier, http=None)

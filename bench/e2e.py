@@ -190,7 +190,8 @@ def main() -> None:
         for name, case in cases.items():
             if name in only:
                 with psycopg.connect(dsn, autocommit=True) as conn:
-                    conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states")
+                    conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states, "
+                                 "pgflow.queue")
                 results[name] = case()
                 print(f"{name:>10}: {results[name]}", flush=True)
     finally:

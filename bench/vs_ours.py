@@ -62,7 +62,7 @@ class Ours:
                 client.register(flow)
 
     def reset(self) -> None:
-        self.conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states")
+        self.conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states, pgflow.queue")
 
     @contextlib.contextmanager
     def workers(self, processes: int) -> Iterator[Supervisor]:

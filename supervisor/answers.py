@@ -18,11 +18,13 @@ sending twice harmless).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from supervisor import engine
+from supervisor.backoff import Backoff
 from supervisor.engine import Failure, Outcome
 from supervisor.metrics import Metrics
 from supervisor.pgconn import StatementError, Transaction
@@ -68,6 +70,10 @@ class PendingAnswers:
         self.waiting: list[Answer] = []
         self.in_flight: dict[int, list[Answer]] = {}  # by round number
         self._round = 0
+        # After a statement error that is not about one row (a bug, a timeout),
+        # the answers wait a little before going again, so the loop cannot spin.
+        self._backoff = Backoff(0.1, 5.0)
+        self._hold_until = 0.0
 
     def __len__(self) -> int:
         return len(self.waiting) + sum(map(len, self.in_flight.values()))
@@ -79,9 +85,16 @@ class PendingAnswers:
         return [a.task for a in self.waiting] + [
             a.task for batch in self.in_flight.values() for a in batch]
 
+    def sendable(self) -> bool:
+        return bool(self.waiting) and time.monotonic() >= self._hold_until
+
+    def held_until(self) -> float | None:
+        """When answers held back after an error may go again (None: not held)."""
+        return self._hold_until if self.waiting and self._hold_until > time.monotonic() else None
+
     def transactions(self) -> list[Transaction]:
         """Take the waiting answers into transactions for the next round."""
-        if not self.waiting:
+        if not self.sendable():
             return []
         taken, self.waiting = self.waiting, []
         transactions = [self._transaction([a]) for a in taken if a.alone]
@@ -144,6 +157,7 @@ class PendingAnswers:
                     self._accepted(answer, outcome)
             if late:
                 self._metrics.late_answers_ignored(late)
+            self._backoff.reset()
             self._settle(key, answers)
 
         return record
@@ -164,8 +178,10 @@ class PendingAnswers:
                     self.waiting.append(_unstorable(answers[0], failure.message))
                 return
             if isinstance(failure, StatementError):
-                log.warning("writing %d answers failed (%s: %s); trying again", len(answers),
-                            failure.sqlstate, failure.message)
+                delay = self._backoff.next_delay()
+                self._hold_until = time.monotonic() + delay
+                log.warning("writing %d answers failed (%s: %s); trying again in %.1fs",
+                            len(answers), failure.sqlstate, failure.message, delay)
             self.waiting += answers
 
         return keep

@@ -14,11 +14,12 @@ executors run, answers are kept, the watchdog is fed.
 
 Notifications need a real server session: through a transaction pooler a
 LISTEN stays behind in whichever server session ran it, and what it hears
-goes nowhere. So there may be no listening connection (the working one
-goes through a transaction pooler and no listen URL was given), and after
-each LISTEN the working connection sends a probe notification that must come
-back within PROBE_TIMEOUT. When notifications cannot arrive, `poll_interval`
-is the short one, and the log says why, once.
+goes nowhere. So the second connection may not listen at all (`listens`
+False: the database URL goes through a transaction pooler and no listen URL
+was given; it then only runs maintenance statements), and after each LISTEN
+the working connection sends a probe notification that must come back within
+PROBE_TIMEOUT. When notifications cannot arrive, `poll_interval` is the
+short one, and the log says why, once.
 """
 
 from __future__ import annotations
@@ -52,19 +53,21 @@ class Database:
     def __init__(
         self,
         conninfo: str,
-        listen_conninfo: str | None,
+        listen_conninfo: str,
         selector: selectors.BaseSelector,
         metrics: Metrics,
         *,
         on_up: Callable[[], None],
         on_tasks: Callable[[set[str]], None],
         on_cancel: Callable[[set[str]], None],
+        listens: bool = True,
         poll_interval: float = 10.0,
         poll_interval_without_notifications: float = 0.5,
     ) -> None:
         self.work = PgConn(conninfo, pipeline=True)
-        # None: notifications cannot arrive (a transaction pooler, no listen URL).
-        self.listen = PgConn(listen_conninfo, pipeline=False) if listen_conninfo else None
+        self.listen = PgConn(listen_conninfo, pipeline=False)
+        # False: notifications cannot arrive (a transaction pooler, no listen URL).
+        self.listens = listens
         self._selector = selector
         self._metrics = metrics
         self._on_up = on_up
@@ -83,15 +86,15 @@ class Database:
         self.last_error = ""
         # True once a probe came back, False when one did not (or there is
         # no listener), None before the first probe's verdict.
-        self.notifications_arrive: bool | None = None if self.listen else False
+        self.notifications_arrive: bool | None = None if listens else False
         self._probe_payload = ""
         self._probe_due = False
         self._probe_deadline: float | None = None
         self._said_deaf = False
 
     @property
-    def _conns(self) -> tuple[PgConn, ...]:
-        return (self.work,) if self.listen is None else (self.work, self.listen)
+    def _conns(self) -> tuple[PgConn, PgConn]:
+        return self.work, self.listen
 
     # -- state -------------------------------------------------------------------
 
@@ -102,7 +105,7 @@ class Database:
 
     @property
     def ready(self) -> bool:
-        return self.up and (self.listening or self.listen is None)
+        return self.up and (self.listening or not self.listens)
 
     @property
     def poll_interval(self) -> float:
@@ -142,7 +145,7 @@ class Database:
 
     def _on_connected(self) -> None:
         """Both connections finished connecting: listen, then say we are up."""
-        if self.listen is not None:
+        if self.listens:
             self.listen.send_simple(f"listen {TASKS_CHANNEL}; listen {CANCEL_CHANNEL}",
                                     self._on_listening)
         elif not self._said_deaf:
@@ -241,8 +244,8 @@ class Database:
 
     def send_maintenance(self, sql: str, on_result: Callable[[object], None]) -> None:
         """A statement that cannot run in a pipeline (VACUUM), on the listening
-        connection, which is otherwise idle (skipped when there is none)."""
-        if self.ready and self.listen is not None:
+        connection, which is otherwise idle."""
+        if self.ready:
             self.listen.send_simple(sql, on_result)
             self._watch()
 
@@ -273,7 +276,7 @@ class Database:
         self._watch()
 
     def _deliver_notifications(self) -> None:
-        if self.listen is None or not self.listen.notifies:
+        if not self.listen.notifies:
             return
         notifies = self.listen.notifies
         flows = {payload for channel, payload in notifies if channel == TASKS_CHANNEL}

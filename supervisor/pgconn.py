@@ -130,6 +130,7 @@ class PgConn:
         if self._polling == pq.PollingStatus.FAILED:
             self._lose(_message(self._pgconn.get_error_message()) or "connection failed")
         elif self._polling == pq.PollingStatus.OK:
+            self._pgconn.notice_handler = _log_notice
             self._pgconn.nonblocking = 1
             if self._pipeline:
                 self._pgconn.enter_pipeline_mode()
@@ -229,7 +230,9 @@ class PgConn:
             result = pgconn.get_result()
             head = self._waiting[0]
             if head is None:  # a sync point: its marker result ends a transaction
-                if result is not None and result.status == pq.ExecStatus.PIPELINE_SYNC:
+                if result is None:
+                    break
+                if result.status == pq.ExecStatus.PIPELINE_SYNC:
                     self._waiting.popleft()
                 continue
             if result is None:  # the end of the head statement's results
@@ -261,6 +264,11 @@ class PgConn:
 
     def __repr__(self) -> str:
         return f"<PgConn {self.state.value} waiting={len(self._waiting)}>"
+
+
+def _log_notice(result: Any) -> None:
+    """Server notices (a WARNING from VACUUM, say) go to the log, not to stderr."""
+    log.info("postgres: %s", _message(result.error_message))
 
 
 def _message(raw: bytes | str) -> str:

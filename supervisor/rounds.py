@@ -40,6 +40,7 @@ log = logging.getLogger("pgflow.supervisor")
 # waits this long is given up and tried again in a later round.
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
+CLAIM_RETRY_SECONDS = 1.0
 
 
 class Rounds:
@@ -89,7 +90,7 @@ class Rounds:
         return bool(len(answers) or self.releases or self._releasing or self.stop_due)
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
-        return bool(answers.waiting or self.releases or claim_size or self.heartbeat_due
+        return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
                     or self.stats_due or self.register_due or self.stop_due)
 
     # -- composing a round ------------------------------------------------------------
@@ -149,7 +150,9 @@ class Rounds:
                     self.next_due = time.monotonic() + seconds
 
         def failed(failure: Failure) -> None:
-            self.dirty = True
+            # Try again in a second (sooner on a notification), not at once:
+            # a claim that keeps failing must not spin the loop.
+            self.next_due = time.monotonic() + CLAIM_RETRY_SECONDS
             self._failed("claim")(failure)
 
         return [engine.claim(self.worker_id, self._flows, limit, self._settings.lease_grace,
@@ -163,9 +166,8 @@ class Rounds:
             self._releasing = []
 
         def failed(failure: Failure) -> None:
-            if not isinstance(failure, Exception) or "aborted" not in str(failure):
-                log.warning("could not give back %d tasks (%s); they run again when their "
-                            "leases expire", len(self._releasing), failure)
+            log.warning("could not give back %d tasks (%s); they run again when their leases "
+                        "expire", len(self._releasing), failure)
             self._releasing = []
 
         return engine.release([t.fence for t in self._releasing], released, failed)

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     migrate: bool = Field(default=True, description="create or upgrade the schema at start")
     metrics_host: str = Field(default="127.0.0.1", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables /metrics")
+    queue_vacuum_interval: float = Field(
+        default=10.0, ge=0,
+        description="seconds between vacuums of pgflow.queue by this supervisor, done only when "
+        "autovacuum is off on the server (0: never)",
+    )
     queue_stats_interval: float = Field(
         default=15.0, gt=0, description="seconds between reads of the queue depth for /metrics")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -23,11 +23,10 @@ from enum import Enum
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pgflow import Flow
-from pgflow.db import conninfo
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
-from supervisor.executors import fork_executor
 from supervisor.http import HttpEndpoint
+from supervisor.maintenance import QueueVacuum
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.rounds import Rounds
@@ -54,7 +53,8 @@ class Supervisor:
                  selector: selectors.BaseSelector, signals: SignalQueue, pool: Pool,
                  database: Database, rounds: Rounds, answers: PendingAnswers,
                  buffer: collections.deque[HeldTask], notifier: Notifier,
-                 http: HttpEndpoint | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 http: HttpEndpoint | None, vacuum: QueueVacuum | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.flows = flows
         self.metrics = metrics
@@ -66,6 +66,7 @@ class Supervisor:
         self.answers = answers
         self.notifier = notifier
         self.http = http
+        self.vacuum = vacuum
         self.clock = clock
         # Claimed tasks waiting for an executor (the prefetch buffer).
         self.buffer = buffer
@@ -99,6 +100,8 @@ class Supervisor:
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
             self.timers.set("watchdog", now)
+        if self.vacuum is not None and s.queue_vacuum_interval:
+            self.timers.set("vacuum", now + s.queue_vacuum_interval)
         self.pool.fill(now)
         self.database.service(now)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
@@ -265,7 +268,7 @@ class Supervisor:
         completing a step readies its dependents in the same commit, and the
         claim that follows in the round sees them (a chain's next step costs
         no extra round trip)."""
-        wanted = self.rounds.dirty or bool(self.answers.waiting)
+        wanted = self.rounds.dirty or self.answers.sendable()
         if not wanted or self.pool.fork_error is not None and not self.pool.serving():
             return 0
         capacity = self.pool.capacity()
@@ -296,7 +299,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup()) if t is not None]
+                                  self.database.next_wakeup(), self.answers.held_until())
+                      if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)
         return max(min(candidates, default=now + 1.0) - now, 0.0)
@@ -318,6 +322,9 @@ class Supervisor:
             elif name == "watchdog":
                 self.notifier.watchdog()
                 self.timers.set("watchdog", now + (self.notifier.watchdog_interval() or 1.0))
+            elif name == "vacuum" and self.vacuum is not None:
+                self.vacuum.run()
+                self.timers.set("vacuum", now + s.queue_vacuum_interval)
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
         if self.rounds.next_due is not None:
@@ -344,44 +351,3 @@ class Supervisor:
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
         }
-
-
-def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
-           notifier: Notifier) -> Supervisor:
-    """A supervisor with its real collaborators, wired together."""
-    selector = selectors.DefaultSelector()
-    buffer: collections.deque[HeldTask] = collections.deque()
-    answers = PendingAnswers(metrics, settings.complete_batch)
-    pool = Pool(settings.processes,
-                lambda: fork_executor(flows, settings.database_url, settings.max_output_bytes),
-                selector, metrics, depth=settings.executor_depth, kill_grace=settings.kill_grace,
-                max_tasks_per_executor=settings.max_tasks_per_child,
-                max_memory_mib=settings.max_memory_per_child)
-
-    def held() -> list[HeldTask]:
-        in_executors = [t for child in pool.children.values() for t in child.tasks]
-        return [*buffer, *in_executors, *answers.held(), *rounds.releases]
-
-    rounds = Rounds(settings, list(flows), metrics, buffer, held)
-
-    def cancelled(run_ids: set[str]) -> None:
-        rounds.drop_runs(run_ids)
-        if pool.kill_runs(run_ids, time.monotonic()):
-            log.info("stopped the running tasks of %d cancelled runs", len(run_ids))
-
-    name = f"pgflow supervisor {settings.hostname}"
-    listen_url = settings.listen_target()
-    database = Database(conninfo(settings.database_url, name),
-                        conninfo(listen_url, name) if listen_url else None,
-                        selector, metrics, on_up=rounds.on_database_up,
-                        on_tasks=rounds.on_notified, on_cancel=cancelled,
-                        poll_interval=settings.poll_interval,
-                        poll_interval_without_notifications=(
-                            settings.poll_interval_without_notifications))
-    supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
-                            signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
-                            answers=answers, buffer=buffer, notifier=notifier, http=None)
-    if settings.metrics_port:
-        supervisor.http = HttpEndpoint(settings.metrics_host, settings.metrics_port,
-                                       supervisor.endpoints())
-    return supervisor

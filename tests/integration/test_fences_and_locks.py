@@ -267,3 +267,15 @@ def test_start_flows_writes_nothing_when_one_input_is_refused(client, conn):
     with pytest.raises(InvalidInputError, match=r"root map step 'double' needs a JSON array"):
         client.start_flows("mapper", [[1], {"not": "array"}, [2]])
     assert count(conn, "select count(*) from pgflow.runs") == 0
+
+
+def test_deleting_an_unfinished_run_by_hand_leaves_nothing_claimable_behind(client, conn):
+    """Its queue rows go with its tasks; an orphan would be picked by every
+    claim and skipped, and enough of them would starve the queue."""
+    client.register(single_flow())
+    doomed = client.start_flows("single", list(range(5)))
+    survivor = client.start_flow("single", "me")
+    conn.execute("delete from pgflow.runs where run_id = any(%s)", (doomed,))
+    assert count(conn, "select count(*) from pgflow.queue") == 1
+    (task,) = HandWorker(conn, ["single"]).claim(limit=1)
+    assert task.run_id == survivor

@@ -289,3 +289,25 @@ def wait_for_exit(pid: int, timeout: float = 5) -> int:
             return status
         time.sleep(0.01)
     raise AssertionError(f"process {pid} did not exit within {timeout}s")
+
+
+def test_an_executor_whose_supervisor_is_gone_leaves_quietly(tmp_path) -> None:
+    """It used to print a ConnectionResetError traceback when it answered a
+    supervisor that had died meanwhile."""
+    import socket
+
+    parent, theirs = socket.socketpair()
+    stderr_path = tmp_path / "stderr"
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT), 2)
+        child.main(theirs.fileno(), {"demo": demo}, None, os.getppid())
+    theirs.close()
+    protocol.write_all(parent.fileno(), request("nap", timeout_ms=5000))
+    time.sleep(0.2)  # the handler is asleep: the supervisor "dies"
+    parent.close()
+    os.kill(pid, signal.SIGALRM)  # cut the nap short (the soft timeout's signal)
+    status = wait_for_exit(pid, 10)
+    assert stderr_path.read_text() == "", "no traceback"
+    assert os.waitstatus_to_exitcode(status) in (child.EXIT_CLEAN, child.EXIT_RETIRE)

@@ -105,3 +105,16 @@ def test_an_invalid_flow_stops_the_load(flow_modules):
     """)
     with pytest.raises(FlowImportError, match="cycle"):
         load_flows(["cyclic_flows"])
+
+
+def test_every_connection_detects_a_silent_network_in_about_half_a_minute():
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pgflow.db import conninfo
+
+    params = conninfo_to_dict(conninfo("postgresql://u@db/app", "pgflow supervisor"))
+    assert params["keepalives"] == "1" and int(params["keepalives_idle"]) <= 30
+    assert int(params["tcp_user_timeout"]) <= 60_000
+    assert params["application_name"] == "pgflow supervisor"
+    mine = conninfo_to_dict(conninfo("postgresql://u@db/app?keepalives_idle=99&application_name=x", "y"))
+    assert (mine["keepalives_idle"], mine["application_name"]) == ("99", "x"), "the URL wins"

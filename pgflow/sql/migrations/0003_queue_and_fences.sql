@@ -33,7 +33,9 @@
 -- task its state lives here (token, attempt, worker, started_at), so a claim
 -- writes this row only; pgflow.tasks is written when an attempt ends.
 create table pgflow.queue (
-    task_id          bigint primary key,
+    -- Deleting a run (by hand, or pruning) deletes its tasks and with them
+    -- their queue rows: an orphan row would be claimed and skipped forever.
+    task_id          bigint primary key references pgflow.tasks on delete cascade,
     flow_slug        text not null,
     visible_at       timestamptz not null,
     -- Set by the claim that holds the task (null while queued).

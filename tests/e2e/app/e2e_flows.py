@@ -152,6 +152,60 @@ def always_fails(input, ctx):
     raise ValueError(f"bad input {input!r}")
 
 
+faults = Flow("e2e_faults", max_attempts=1, timeout=1)
+
+
+@faults.step()
+def forks_and_hangs(input, ctx):
+    """Forks a grandchild that would sleep a minute, then overruns its timeout."""
+    grandchild = os.fork()
+    if grandchild == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(input["pid_file"]).write_text(str(grandchild))
+    time.sleep(60)
+
+
+closes_stdio = Flow("e2e_closes_stdio")
+
+
+@closes_stdio.step()
+def close_them(input, ctx):
+    os.close(1)
+    os.close(2)
+    return os.getpid()
+
+
+sized = Flow("e2e_sized")
+
+
+@sized.step()
+def output_of(input, ctx):
+    return "x" * input["bytes"]
+
+
+late = Flow("e2e_late", max_attempts=1, timeout=1)
+
+
+@late.step()
+def half_a_second(input, ctx):
+    _note_pid(input)
+    time.sleep(0.5)
+    return "on time"
+
+
+reads_input = Flow("e2e_reads_input")
+
+
+@reads_input.step()
+def start(input, ctx):
+    return 1
+
+
+@reads_input.step(depends_on=["start"])
+def uses_flow_input(deps, ctx):
+    return ctx.flow_input
+
 
 reads_flow_input = Flow("e2e_flow_input", max_attempts=1)
 

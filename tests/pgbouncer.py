@@ -7,7 +7,8 @@ own database is reachable through it) and stops it on `stop()`. Its settings
 are PgBouncer's defaults except those a test needs (listen address and
 port, pool sizes, no Unix socket): notably `ignore_startup_parameters` is
 empty, so a client that sends a session setting as a startup parameter is
-refused, as a stock PgBouncer refuses it.
+refused, as a stock PgBouncer refuses it. `settings` and `databases` replace
+those defaults (`example_config` reads deploy/pgbouncer/pgbouncer.ini into them).
 
 PgBouncer refuses to run as root: started by root, it switches to `nobody`
 (its `user` setting), so its directory is made readable by everyone.
@@ -52,13 +53,43 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# Settings of the example that only make sense on a real host; the test's own replace them.
+_HOST_SETTINGS = {"listen_addr", "listen_port", "unix_socket_dir", "auth_type", "auth_file",
+                  "logfile", "pidfile", "admin_users", "stats_users", "user"}
+
+
+def example_config(path: Path, dbname: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The [pgbouncer] settings and [databases] entries of a shipped example
+    (deploy/pgbouncer/pgbouncer.ini), each database pointed at `dbname` on
+    the test server, without the settings that name places on a real host."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith((";", "#")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current[key.strip()] = value.strip()
+    settings = {k: v for k, v in sections["pgbouncer"].items() if k not in _HOST_SETTINGS}
+    databases = {}
+    for name, entry in sections["databases"].items():
+        params = dict(part.split("=", 1) for part in entry.split())
+        params.pop("host", None)
+        params.pop("port", None)
+        databases[name] = {**params, "dbname": dbname}
+    return settings, databases
+
+
 class PgBouncer:
-    def __init__(self, server_dsn: str, mode: PoolMode, *, pool_size: int = 20,
-                 extra: dict[str, str] | None = None) -> None:
+    def __init__(self, server_dsn: str, mode: PoolMode = "session", *, pool_size: int = 20,
+                 settings: dict[str, str] | None = None,
+                 databases: dict[str, dict[str, str]] | None = None) -> None:
         if BINARY is None:
             raise PgBouncerError(MISSING)
         self.server_dsn = server_dsn
-        self.mode = mode
         server = conninfo_to_dict(server_dsn)
         self.user = str(server.get("user") or os.environ.get("PGUSER") or "postgres")
         password = str(server.get("password") or "")
@@ -68,8 +99,9 @@ class PgBouncer:
                   "port": str(server.get("port") or 5432)}
         if password:
             target["password"] = password
+        self.databases = databases or {"*": {}}
         self.port = free_port()
-        settings = {
+        config = {
             "listen_addr": "127.0.0.1",
             "listen_port": str(self.port),
             "unix_socket_dir": "",
@@ -79,15 +111,18 @@ class PgBouncer:
             "default_pool_size": str(pool_size),
             "max_client_conn": "500",
             "server_login_retry": "1",
+            **(settings or {}),
             **({"user": "nobody"} if os.geteuid() == 0 else {}),
-            **(extra or {}),
         }
+        self.mode = config["pool_mode"]
         (self.dir / "userlist.txt").write_text(f'"{self.user}" "{password}"\n')
         (self.dir / "pgbouncer.ini").write_text(
             "[databases]\n"
-            + "* = " + " ".join(f"{k}={_quote(v)}" for k, v in target.items()) + "\n\n"
-            + "[pgbouncer]\n"
-            + "".join(f"{key} = {value}\n" for key, value in settings.items()))
+            + "".join(f"{name} = " + " ".join(f"{k}={_quote(v)}"
+                                              for k, v in {**target, **params}.items()) + "\n"
+                      for name, params in self.databases.items())
+            + "\n[pgbouncer]\n"
+            + "".join(f"{key} = {value}\n" for key, value in config.items()))
         for path in self.dir.iterdir():
             path.chmod(0o644)
         self.log_path = self.dir / "pgbouncer.log"
@@ -114,7 +149,9 @@ class PgBouncer:
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
-        dbname = str(conninfo_to_dict(self.server_dsn).get("dbname") or "postgres")
+        dbname = next(iter(self.databases))
+        if dbname == "*":
+            dbname = str(conninfo_to_dict(self.server_dsn).get("dbname") or "postgres")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise PgBouncerError(f"pgbouncer exited with {self.proc.returncode}:\n{self.log()}")

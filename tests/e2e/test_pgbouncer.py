@@ -15,15 +15,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pgflow import Client, Flow, PgflowError, migrations
 from supervisor.pgconn import PgConn, Rows, Statement, StatementError, Transaction
 from tests.e2e.conftest import query
-from tests.pgbouncer import BINARY, MISSING, PgBouncer
+from tests.pgbouncer import BINARY, MISSING, PgBouncer, example_config
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=MISSING)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "pgbouncer" / "pgbouncer.ini"
 
 # For tests that start runs without a supervisor.
 unserved = Flow("pooler_unserved")
@@ -158,6 +162,24 @@ def test_the_direct_flows_complete_through_each_route(route: Route, start_superv
     assert "did not arrive on the listening connection" not in log
     assert log.count("not listening for notifications") == (0 if route.notified else 1)
     assert "Traceback" not in log
+
+
+def test_the_deploy_example_config_serves_supervisor_and_client(pg_server, dsn,
+                                                                start_supervisor):
+    settings, databases = example_config(EXAMPLE, str(conninfo_to_dict(dsn)["dbname"]))
+    assert set(databases) == {"app", "app_listen"}
+    assert settings["ignore_startup_parameters"] == "", "nothing is dropped silently"
+    with PgBouncer(pg_server, settings=settings, databases=databases) as bouncer:
+        work, listen = bouncer.url("app"), bouncer.url("app_listen")
+        supervisor = start_supervisor(work, "--pooler", "transaction", "--listen-url", listen,
+                                      "--poll-interval", "30")
+        with Client(work, pooler="transaction", listen_dsn=listen) as client:
+            runs = [client.start_flow("e2e_diamond", {"n": i}) for i in range(30)]
+            assert [client.wait(r, 30).output for r in runs] == [{"d": 5 * (i + 1)}
+                                                                 for i in range(30)]
+            latencies = idle_latencies(client)
+        supervisor.stop()
+    assert max(latencies) < 1.0, f"notified through app_listen: {latencies}"
 
 
 def test_executors_need_no_connection_for_a_small_flow_input(dsn, start_supervisor):

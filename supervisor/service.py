@@ -61,6 +61,7 @@ def _info(settings: Settings) -> dict[str, str]:
         "max_tasks_per_child": str(s.max_tasks_per_child),
         "max_memory_per_child_mib": str(s.max_memory_per_child),
         "shutdown_timeout_s": str(s.shutdown_timeout),
+        "pooler": s.pooler, "listens": str(s.listen_target() is not None).lower(),
     }
 
 

@@ -96,3 +96,18 @@ def test_ctx_flow_input_uses_what_the_claim_carried_without_a_connection():
     assert ctx.flow_input == {"tag": "small"}
     ctx = build_context(_task(input={"n": 1}, input_is_flow_input=True), no_connection)
     assert ctx.flow_input == {"n": 1}
+
+
+def test_every_advisory_lock_is_transaction_level():
+    """A session-level advisory lock would stay with a pooled server session
+    (and its next client) after the transaction that took it."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.joinpath("pgflow").rglob("*.sql"), *root.joinpath("pgflow").rglob("*.py"),
+               *root.joinpath("supervisor").rglob("*.py"), *root.joinpath("executor").rglob("*.py")]
+    taken = [(path.name, call) for path in sources
+             for call in re.findall(r"pg_(?:try_)?advisory_\w*lock\w*", path.read_text())]
+    assert taken, "the engine takes advisory locks"
+    assert [t for t in taken if "xact" not in t[1]] == []

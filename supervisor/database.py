@@ -92,10 +92,6 @@ class Database:
         self._probe_deadline: float | None = None
         self._said_deaf = False
 
-    @property
-    def _conns(self) -> tuple[PgConn, PgConn]:
-        return self.work, self.listen
-
     # -- state -------------------------------------------------------------------
 
     @property
@@ -134,8 +130,8 @@ class Database:
         if now < self.next_connect:
             return
         try:
-            for conn in self._conns:
-                conn.start()
+            self.work.start()
+            self.listen.start()
         except ConnectionLost as exc:
             self.lost(str(exc))
             return
@@ -180,8 +176,8 @@ class Database:
         self._round_sent_at = None
         self._probe_due = False
         self._probe_deadline = None
-        for conn in self._conns:
-            conn.close()
+        self.work.close()
+        self.listen.close()
         self._watch()
         self._metrics.set_database_connected(False)
         self.next_connect = time.monotonic() + self._backoff.next_delay()
@@ -259,15 +255,14 @@ class Database:
         return on_event
 
     def _after_io(self) -> None:
-        broken = next((conn for conn in self._conns if conn.state == State.BROKEN), None)
         if self._attempting:
-            if all(conn.ready for conn in self._conns):
+            if self.work.ready and self.listen.ready:
                 self._on_connected()
-            elif broken is not None:
-                self.lost(broken.error)
+            elif State.BROKEN in (self.work.state, self.listen.state):
+                self.lost(self.work.error if self.work.state == State.BROKEN else self.listen.error)
                 return
-        elif self.up and broken is not None:
-            self.lost(broken.error)
+        elif self.up and not (self.work.ready and self.listen.ready):
+            self.lost((self.work if not self.work.ready else self.listen).error)
             return
         if self._round_sent_at is not None and self.work.idle:
             self._metrics.db_roundtrip("round", time.perf_counter() - self._round_sent_at)
@@ -278,11 +273,10 @@ class Database:
     def _deliver_notifications(self) -> None:
         if not self.listen.notifies:
             return
-        notifies = self.listen.notifies
-        flows = {payload for channel, payload in notifies if channel == TASKS_CHANNEL}
-        cancelled = {run_id for channel, payload in notifies
+        flows = {payload for channel, payload in self.listen.notifies if channel == TASKS_CHANNEL}
+        cancelled = {run_id for channel, payload in self.listen.notifies
                      if channel == CANCEL_CHANNEL for run_id in payload.split(",") if run_id}
-        notifies.clear()
+        self.listen.notifies.clear()
         probes = {payload for payload in flows if payload.startswith(PROBE_PREFIX)}
         if probes:
             flows -= probes
@@ -296,7 +290,7 @@ class Database:
     def _watch(self) -> None:
         """Keep the selector's registrations in step with both connections."""
         registered = self._selector.get_map()
-        for conn in self._conns:
+        for conn in (self.work, self.listen):
             old, new = self._fds.get(conn, -1), conn.fileno()
             if old >= 0 and (old != new or new < 0) and old in registered:
                 self._selector.unregister(old)
@@ -313,6 +307,6 @@ class Database:
 
     def close(self) -> None:
         self.up = self.listening = self._attempting = False
-        for conn in self._conns:
-            conn.close()
+        self.work.close()
+        self.listen.close()
         self._watch()

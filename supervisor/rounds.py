@@ -183,10 +183,11 @@ class Rounds:
             return
         kept = [t for t in self._buffer if t.task_id not in lost]
         dropped = len(self._buffer) - len(kept)
-        self._buffer.clear()
-        self._buffer.extend(kept)
-        log.warning("%d held tasks are no longer ours (lease expired, or run finished); "
-                    "dropped %d buffered ones", len(lost), dropped)
+        if dropped:  # (the others are answered tasks whose answers were just written)
+            self._buffer.clear()
+            self._buffer.extend(kept)
+            log.warning("dropped %d buffered tasks that are no longer ours (their lease "
+                        "expired and another claim took them, or their run ended)", dropped)
 
     def drop_runs(self, run_ids: set[str]) -> None:
         kept = [t for t in self._buffer if t.run_id not in run_ids]

@@ -351,3 +351,4 @@ class Supervisor:
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
         }
+

@@ -278,12 +278,20 @@ begin
     loop
         perform pgflow._fail_unmappable(p_run_ids);
 
-        with ready as (
+        with waiting as materialized (
+            -- First, and on its own (MATERIALIZED), so that no statistics can
+            -- make the plan start from pgflow.runs: measured, a plan that did
+            -- read all 6,667 started runs to ready 100 steps (30 ms, not 5).
+            select ss.run_id, ss.flow_slug, ss.step_slug
+            from pgflow.step_states ss
+            where ss.run_id = any (p_run_ids) and ss.status = 'created'
+              and ss.remaining_deps = 0
+        ), ready as (
             select ss.run_id, ss.flow_slug, ss.step_slug, s.step_type, s.start_delay,
                    case when s.step_type = 'map'
                         then case when s.deps_count = 0 then r.input else src.output end
                    end as arr
-            from pgflow.step_states ss
+            from waiting ss
             join pgflow.runs r on r.run_id = ss.run_id and r.status = 'started'
             join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
             left join pgflow.deps d
@@ -291,8 +299,6 @@ begin
                   and d.step_slug = ss.step_slug
             left join pgflow.step_states src
                    on src.run_id = ss.run_id and src.step_slug = d.dep_slug
-            where ss.run_id = any (p_run_ids) and ss.status = 'created'
-              and ss.remaining_deps = 0
         ), sized as (
             select ready.*,
                    case when step_type = 'single' then 1

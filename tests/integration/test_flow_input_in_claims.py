@@ -45,18 +45,20 @@ def test_dependent_and_map_tasks_carry_a_small_flow_input(client, conn):
     assert [orjson.loads(t.flow_input_json) for t in dependents] == [{"tag": "small"}] * 3
 
 
-def test_a_large_or_compressed_flow_input_is_left_to_the_executor(client, conn):
+def test_a_flow_input_over_4000_bytes_is_left_to_the_executor(client, conn):
     flow = flow_reading_its_input()
     client.register(flow)
-    large = {"tag": "large", "pad": "".join(str(i) for i in range(1000))}  # ~2.9 KB, compresses
-    huge_but_compressible = {"tag": "huge", "pad": "x" * 100_000}  # compresses to ~1 KB
-    for value in (large, huge_but_compressible):
+    large = {"tag": "large", "pad": "".join(str(i) for i in range(1500))}  # 5 KB of JSON
+    huge_but_compressible = {"tag": "huge", "pad": "x" * 100_000}  # stored in ~1 KB
+    just_fits = {"tag": "fits", "pad": "x" * (4000 - len('{"pad": "", "tag": "fits"}'))}
+    for value in (large, huge_but_compressible, just_fits):
         client.start_flow(flow, value)
     roots = claim_all(conn, flow)
     worker_api.complete(conn, [(t.task_id, t.token, [1, 2]) for t in roots])
     dependents = claim_all(conn, flow)
-    assert len(dependents) == 6
-    assert {t.flow_input_json for t in dependents} == {None}
+    assert len(dependents) == 9
+    carried = {orjson.loads(t.flow_input_json)["tag"] for t in dependents if t.flow_input_json}
+    assert carried == {"fits"}, "4,000 bytes of JSON at most"
 
 
 def test_drain_runs_handlers_that_read_the_flow_input(client):

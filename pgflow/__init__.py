@@ -4,7 +4,7 @@ Applications import only this package: define flows with `Flow`, run them
 with `Client`. Handlers receive a `Context`.
 """
 
-from pgflow.client import Client, Run, RunSummary, StepState
+from pgflow.client import Client, PruneResult, Run, RunSummary, StepState
 from pgflow.context import Context
 from pgflow.errors import (
     FlowDefinitionError,
@@ -28,6 +28,7 @@ __all__ = [
     "FlowNotFoundError",
     "InvalidInputError",
     "PgflowError",
+    "PruneResult",
     "Run",
     "RunNotFoundError",
     "RunSummary",

@@ -1,5 +1,5 @@
 """Client: what applications use to migrate, register flows and start, read,
-wait for and cancel runs.
+wait for, cancel, retry and prune runs.
 
 A Client holds one connection, opened on first use and reopened on the next
 call after it drops. Calls that may be retried after a dropped connection are
@@ -29,13 +29,14 @@ import psycopg
 import psycopg.rows
 from psycopg.types.json import Jsonb
 
-from pgflow import db, migrations, queries
+from pgflow import db, migrations, queries, retention
 from pgflow.errors import InvalidInputError, RunNotFoundError, ShapeConflictError
 from pgflow.flow import Flow
+from pgflow.retention import PruneResult
 from pgflow.run import RUN_STATUSES, Run, RunSummary, StepState
 from pgflow.shape import describe_differences
 
-__all__ = ["Client", "Run", "RunSummary", "StepState"]
+__all__ = ["Client", "PruneResult", "Run", "RunSummary", "StepState"]
 
 T = TypeVar("T")
 
@@ -312,11 +313,85 @@ class Client:
                 listener.execute(f"unlisten {RUNS_CHANNEL}")
 
     def cancel_run(self, run_id: uuid.UUID | str) -> Run:
-        """Cancel a run: queued tasks are cancelled, answers of running ones
-        are ignored. A finished run stays as it is."""
+        """Cancel a run: queued tasks are cancelled; running ones are cancelled
+        too, their supervisors kill the executors running them (NOTIFY
+        pgflow_cancel), and an answer that still comes is ignored. A finished
+        run stays as it is."""
         run_uuid = _as_uuid(run_id, "cancel_run")
         self._call(lambda conn: conn.execute("select pgflow.cancel_run(%s)", (run_uuid,)))
         return self.get_run(run_uuid)
+
+    def retry_run(self, run_id: uuid.UUID | str) -> Run:
+        """Resume a failed or cancelled run in place, under the same id.
+
+        Completed steps keep their outputs; the tasks that failed or were
+        cancelled are queued again with fresh attempts (earlier attempts'
+        errors stay in the step's `errors`); the run is `started` again.
+        Raises RunNotFoundError for an unknown run, InvalidInputError for a
+        run that is still started or completed, or whose flow was replaced
+        by a new shape since it started.
+        """
+        run_uuid = _as_uuid(run_id, "retry_run")
+        # Not retried on a dropped connection: a retry that committed before
+        # the connection dropped would be refused the second time (the run is
+        # started again), which would hide that it worked.
+        with self._lock:
+            try:
+                self.connection().execute("select pgflow.retry_run(%s)", (run_uuid,))
+            except psycopg.Error as exc:
+                translated = db.engine_error(exc)
+                if translated is not None:
+                    raise translated from None
+                raise
+        return self.get_run(run_uuid)
+
+    def prune(
+        self,
+        older_than: datetime.timedelta | datetime.datetime,
+        dry_run: bool = False,
+        batch_size: int = retention.DEFAULT_BATCH_SIZE,
+    ) -> PruneResult:
+        """Delete finished runs (completed, failed, cancelled) that finished
+        more than `older_than` ago (a timedelta; or a datetime: before then),
+        with their step states and tasks, in batches of `batch_size` runs,
+        each its own short transaction. With dry_run=True, only count them.
+        Runs still started are never touched."""
+        retention.check_older_than(older_than)
+        retention.check_batch_size(batch_size)
+        started = time.perf_counter()
+
+        def cutoff_of(conn: psycopg.Connection) -> datetime.datetime:
+            if isinstance(older_than, datetime.datetime):
+                moment = older_than if older_than.tzinfo else older_than.astimezone()
+                row = conn.execute("select %s::timestamptz", (moment,)).fetchone()
+            else:
+                row = conn.execute("select now() - %s::interval", (older_than,)).fetchone()
+            assert row is not None
+            return row[0]  # type: ignore[no-any-return]
+
+        cutoff = self._call(cutoff_of)
+        if dry_run:
+            row = self._call(lambda conn: conn.execute(
+                "select runs, tasks from pgflow.prunable_runs(%s)", (cutoff,)).fetchone())
+            assert row is not None
+            return PruneResult(cutoff, int(row[0]), int(row[1]), 0, True,
+                               time.perf_counter() - started, 0.0)
+        runs = tasks = batches = 0
+        longest = 0.0
+        while True:
+            batch_started = time.perf_counter()
+            row = self._call(lambda conn: conn.execute(
+                "select runs, tasks from pgflow.prune_runs(%s, %s)", (cutoff, batch_size)
+            ).fetchone())
+            longest = max(longest, time.perf_counter() - batch_started)
+            assert row is not None
+            batches += 1
+            runs += row[0]
+            tasks += row[1]
+            if row[0] < batch_size:
+                break
+        return PruneResult(cutoff, runs, tasks, batches, False, time.perf_counter() - started,
+                           longest)
 
 
 def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> None:

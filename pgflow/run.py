@@ -21,6 +21,11 @@ class StepState:
     started_at: datetime | None
     completed_at: datetime | None
     failed_at: datetime | None
+    # The error of every failed attempt of the step's tasks, oldest first:
+    # {"attempt", "error", "at", "type", "traceback", "task_index"}, and
+    # "retry" (how many retries the run had had) on attempts made before the
+    # run was retried. Type and traceback are there when the handler raised.
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class Run:
     failed_at: datetime | None
     cancelled_at: datetime | None
     steps: dict[str, StepState] = field(default_factory=dict)
+    retry_count: int = 0  # times Client.retry_run resumed it
+    retried_at: datetime | None = None
 
     @property
     def finished(self) -> bool:

@@ -15,10 +15,13 @@ from supervisor.commands import (
     demo,
     flows,
     migrate,
+    prune,
+    retry,
     runs,
     show_run,
     start,
     supervise,
+    top,
     workers,
 )
 from supervisor.preflight import EXIT_CONFIG, Problem
@@ -29,7 +32,7 @@ EXIT_USAGE = 2
 __all__ = ["EXIT_CONFIG", "EXIT_USAGE", "main"]
 
 COMMANDS: list[ModuleType] = [
-    demo, supervise, migrate, flows, start, runs, show_run, cancel, workers]
+    demo, supervise, migrate, flows, start, runs, show_run, cancel, retry, prune, workers, top]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,3 +148,22 @@ def notification_queue_usage(on_usage: Callable[[float], None],
                              on_failure: Callable[[Failure], None]) -> Statement:
     return _statement("notification_queue_usage", (),
                       lambda rows: on_usage(float(rows.values[0][0] or 0)), on_failure)
+
+
+def retention_tick(worker_id: uuid.UUID, older_than: float, limit: int, tick: float,
+                   on_result: Callable[[bool, int, int], None],
+                   on_failure: Callable[[Failure], None]) -> Statement:
+    """Prune a batch if this worker holds the tick: on_result(ran, runs, tasks)."""
+    def parse(rows: Rows) -> None:
+        ran, runs, tasks = rows.values[0]
+        on_result(ran == b"t", int(runs or 0), int(tasks or 0))
+
+    return _statement("retention_tick", (str(worker_id), repr(older_than), str(limit), repr(tick)),
+                      parse, on_failure)
+
+
+def report_worker(worker_id: uuid.UUID, executors: int, busy: int, buffered: int,
+                  succeeded: int, failed: int, on_failure: Callable[[Failure], None]) -> Statement:
+    return _statement("report_worker", (str(worker_id), str(executors), str(busy), str(buffered),
+                                        str(succeeded), str(failed)),
+                      lambda rows: None, on_failure)

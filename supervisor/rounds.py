@@ -9,8 +9,11 @@ not undo the rest:
 3. a claim and the time the next delayed task is due, committed without
    waiting for the WAL flush (a claim lost in a crash only queues its tasks
    again, and its token fences the lost claim's answers);
-4. the worker's registration, heartbeat (which reports tasks no longer held)
-   and lease expiry of other supervisors' tasks, queue statistics.
+4. the worker's registration, heartbeat (which reports tasks no longer held),
+   what the worker reports for `pgflow top` and lease expiry of
+   other supervisors' tasks, queue statistics;
+5. with `--retention`, at each tick, a batch of finished runs pruned if this
+   supervisor wins the tick (see supervisor/retention.py).
 
 Every transaction sets its own lock and statement timeouts (never session
 state), so the connection may go through a transaction pooler.
@@ -25,11 +28,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from supervisor import engine
+from supervisor import durations, engine
 from supervisor.answers import PendingAnswers
 from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
 from supervisor.pgconn import Statement, Transaction
+from supervisor.retention import RetentionChore
 from supervisor.settings import Settings
 from supervisor.tasks import HeldTask
 
@@ -59,6 +63,11 @@ class Rounds:
         self.stats_due = False
         self.register_due = False
         self.stop_due = False
+        self.retention_due = False
+        self.retention = (RetentionChore(settings.retention) if settings.retention else None)
+        # Monotonic time of the next retention tick, for the loop's timer (it clears it).
+        self.next_retention: float | None = (
+            self.retention.first_at(time.monotonic()) if self.retention else None)
         self.releases: list[HeldTask] = []
         self._releasing: list[HeldTask] = []
         self._session = {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
@@ -91,7 +100,8 @@ class Rounds:
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
         return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
-                    or self.stats_due or self.register_due or self.stop_due)
+                    or self.stats_due or self.register_due or self.stop_due
+                    or self.retention_due)
 
     # -- composing a round ------------------------------------------------------------
 
@@ -114,6 +124,11 @@ class Rounds:
             transactions.append(Transaction([engine.heartbeat(
                 self.worker_id, held, self._settings.lease_grace, self._drop_lost,
                 self._failed("heartbeat"))]))
+            # A transaction of its own: a report that fails must not undo the heartbeat.
+            m = self._metrics
+            transactions.append(Transaction([engine.report_worker(
+                self.worker_id, m.executors_total, m.executors_busy, m.tasks_buffered,
+                m.attempts_succeeded, m.attempts_failed, self._failed("report"))]))
             transactions.append(Transaction([engine.requeue_expired(
                 1000, self._requeued, self._failed("requeue"))]))
         if self.stats_due:
@@ -122,6 +137,9 @@ class Rounds:
                 engine.queue_stats(self._flows, self._metrics.set_queue, self._failed("stats")),
                 engine.notification_queue_usage(self._metrics.set_notification_queue_usage,
                                                 self._failed("stats"))]))
+        if self.retention_due and self.retention is not None:
+            self.retention_due = False
+            transactions.append(Transaction([self._retention_statement(self.retention)]))
         if self.stop_due and not self.releases and not self._releasing:
             self.stop_due = False
             transactions.append(Transaction([engine.stop_worker(
@@ -159,6 +177,24 @@ class Rounds:
                              claimed, failed),
                 engine.next_due(self._flows, due_in, lambda failure: None)]
 
+    def _retention_statement(self, chore: RetentionChore) -> Statement:
+        started = time.perf_counter()
+
+        def pruned(ran: bool, runs: int, tasks: int) -> None:
+            self._metrics.db_roundtrip("retention", time.perf_counter() - started)
+            if runs:
+                log.info("retention: pruned %d runs (%d tasks) finished more than %s ago", runs,
+                         tasks, durations.format_seconds(chore.older_than))
+            self.next_retention = chore.next_at(time.monotonic(), time.time(),
+                                                runs if ran else None)
+
+        def failed(failure: Failure) -> None:
+            self._failed("retention")(failure)
+            self.next_retention = chore.next_at(time.monotonic(), time.time(), None)
+
+        return engine.retention_tick(self.worker_id, chore.older_than, chore.batch_runs,
+                                     chore.tick, pruned, failed)
+
     def _release_statement(self) -> Statement:
         self._releasing, self.releases = self.releases, []
 
@@ -190,9 +226,15 @@ class Rounds:
                         "expired and another claim took them, or their run ended)", dropped)
 
     def drop_runs(self, run_ids: set[str]) -> None:
+        """Drop buffered tasks of runs whose tasks were cancelled, giving them
+        back: the release is fenced, so it changes nothing for a task that
+        was cancelled, and returns one claimed after a retry that came
+        between the cancel and its notification."""
         kept = [t for t in self._buffer if t.run_id not in run_ids]
+        dropped = [t for t in self._buffer if t.run_id in run_ids]
         self._buffer.clear()
         self._buffer.extend(kept)
+        self.release(dropped)
 
     def _requeued(self, count: int) -> None:
         if count:

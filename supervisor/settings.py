@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pgflow.db import Pooler
+from supervisor import durations
 
 
 class Settings(BaseSettings):
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
         default=0, ge=0,
         description="seconds to wait for the database at start before exiting (0: keep waiting)",
     )
+    retention: float | None = Field(
+        default=None,
+        description="prune finished runs older than this (30d, 12h, 30m), a small batch at a "
+        "time, by one supervisor per tick; off by default (and with 'off')",
+    )
     migrate: bool = Field(default=True, description="create or upgrade the schema at start")
     metrics_host: str = Field(default="127.0.0.1", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 disables /metrics")
@@ -115,6 +121,17 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("name at least one flow module, e.g. --flows myapp.flows")
         return value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> object:
+        if value is None or isinstance(value, str) and value.strip().lower() in ("", "off"):
+            return None
+        seconds = durations.parse_seconds(value) if isinstance(value, str) else value
+        if isinstance(seconds, int | float) and seconds <= 0:
+            raise ValueError("give a positive duration such as 30d (or 'off'): a retention of "
+                             "0 would delete every run the moment it finishes")
+        return seconds
 
     @field_validator("log_level")
     @classmethod

@@ -238,8 +238,10 @@ class Supervisor:
         """Ended tasks become answers; tasks an executor never started go back."""
         ended, returned = self.pool.take()
         for end in ended:
-            if end.outcome != "cancelled":  # the engine already ended those
+            if end.outcome != "cancelled":
                 self.answers.add(end)
+            else:  # the engine ended it; a fenced release is a no-op, unless the run was retried
+                self.rounds.release([end.task])
         if returned:
             if self.stop_mode is None:
                 self.buffer.extendleft(reversed(returned))
@@ -327,6 +329,11 @@ class Supervisor:
                 self.timers.set("vacuum", now + s.queue_vacuum_interval)
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
+            elif name == "retention":
+                self.rounds.retention_due = True
+        if self.rounds.next_retention is not None:
+            self.timers.set("retention", self.rounds.next_retention)
+            self.rounds.next_retention = None
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None

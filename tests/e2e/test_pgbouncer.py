@@ -5,7 +5,8 @@ supervisor's per-transaction settings, and the errors a pooler causes.
 Each route runs the same scenario: the supervisor's database URL, where it
 listens, and the Client's connection differ. PgBouncer runs with its default
 settings where they matter (no ignore_startup_parameters, no prepared
-statement support: 1.18 has none). Skipped where pgbouncer is not installed.
+statement support: 1.18 has none). Tests that need PgBouncer are skipped
+where it is not installed; the direct ones run everywhere.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from supervisor.pgconn import PgConn, Rows, Statement, StatementError, Transacti
 from tests.e2e.conftest import query
 from tests.pgbouncer import BINARY, MISSING, PgBouncer, example_config
 
-pytestmark = pytest.mark.skipif(BINARY is None, reason=MISSING)
+
+def need_pgbouncer() -> None:
+    if BINARY is None:
+        pytest.skip(MISSING)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "pgbouncer" / "pgbouncer.ini"
 
@@ -46,12 +50,14 @@ def registered(dsn: str) -> str:
 
 @pytest.fixture(scope="module")
 def session_bouncer(pg_server: str) -> Iterator[PgBouncer]:
+    need_pgbouncer()
     with PgBouncer(pg_server, "session") as bouncer:
         yield bouncer
 
 
 @pytest.fixture(scope="module")
 def transaction_bouncer(pg_server: str) -> Iterator[PgBouncer]:
+    need_pgbouncer()
     # Fewer server connections than clients: sessions are shared for real.
     with PgBouncer(pg_server, "transaction", pool_size=4) as bouncer:
         yield bouncer
@@ -61,6 +67,7 @@ def transaction_bouncer(pg_server: str) -> Iterator[PgBouncer]:
 def one_server_bouncer(pg_server: str) -> Iterator[PgBouncer]:
     """Transaction pooling over a single server session: whatever one client
     leaves in a session, the next one finds."""
+    need_pgbouncer()
     with PgBouncer(pg_server, "transaction", pool_size=1) as bouncer:
         yield bouncer
 
@@ -166,6 +173,7 @@ def test_the_direct_flows_complete_through_each_route(route: Route, start_superv
 
 def test_the_deploy_example_config_serves_supervisor_and_client(pg_server, dsn,
                                                                 start_supervisor):
+    need_pgbouncer()
     settings, databases = example_config(EXAMPLE, str(conninfo_to_dict(dsn)["dbname"]))
     assert set(databases) == {"app", "app_listen"}
     assert settings["ignore_startup_parameters"] == "", "nothing is dropped silently"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import re
 import signal
 import threading
 import time
@@ -30,7 +29,7 @@ import psycopg
 
 from executor.log_context import task_logging
 from executor.result import Err, Ok, Result, Timeout
-from pgflow import queries
+from pgflow import jsondata, queries
 from pgflow.context import Context
 from pgflow.flow import Flow, Handler, Step
 from pgflow.task import ClaimedTask
@@ -263,50 +262,21 @@ def _run_awaitable(awaitable: Awaitable[Any], timeout_ms: float) -> Any:
 
 
 def encode_output(output: Any) -> Result:
-    """`Ok(bytes)` holding the output as JSON, or `Err` saying what cannot be encoded.
-
-    Strict JSON: object keys must be str. Strings holding NUL are refused too,
-    since Postgres jsonb cannot store them and would fail the whole completion batch.
+    """`Ok(bytes)` holding the output as JSON, or `Err` saying what cannot be stored
+    and where (see pgflow.jsondata: plain JSON data only; NaN, Infinity,
+    datetimes, UUIDs, sets, strings holding NUL and the like are refused
+    rather than silently converted or left to fail the whole completion batch).
     """
     try:
-        data = orjson.dumps(output)
-    except TypeError as exc:
-        return Err(f"Output is not JSON-serializable: {exc}{_locate_unencodable(output)}",
-                   "OutputNotSerializable")
-    if b"\\u0000" in data and _ESCAPED_NUL.search(data):
-        return Err("Output is not JSON-serializable: it contains a NUL character (\\u0000), "
-                   "which Postgres jsonb cannot store", "OutputNotSerializable")
-    return Ok(data)
-
-
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+        return Ok(jsondata.encode(output))
+    except jsondata.NotJsonError as exc:
+        return Err(f"Output is not JSON-serializable: {exc}", "OutputNotSerializable")
 
 
 def serialize_output(output: Any) -> Result:
     """`Ok(output)` (unchanged, so it compares equal) if it can be stored as JSON, else `Err`."""
     encoded = encode_output(output)
     return Ok(output) if isinstance(encoded, Ok) else encoded
-
-
-def _locate_unencodable(value: Any, path: str = "$") -> str:
-    """' (at $.items[2], a set)' for the first part of `value` orjson refuses, or ''."""
-    if isinstance(value, dict):
-        bad_key = next((k for k in value if not isinstance(k, str)), _NONE)
-        if bad_key is not _NONE:
-            return f" (at {path}, key {bad_key!r} of type {type(bad_key).__name__})"
-        children: Any = ((f"{path}.{k}", v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        try:
-            orjson.dumps(value)
-            return ""
-        except TypeError:
-            return f" (at {path}, a {type(value).__name__})"
-    return next((found for p, v in children if (found := _locate_unencodable(v, p))), "")
-
-
-_NONE = object()
 
 
 def serialize_error(error: object) -> str:

@@ -29,9 +29,15 @@ import psycopg
 import psycopg.rows
 from psycopg.types.json import Jsonb
 
-from pgflow import db, migrations, queries, retention
-from pgflow.errors import InvalidInputError, RunNotFoundError, ShapeConflictError
-from pgflow.flow import Flow
+from pgflow import db, jsondata, migrations, queries, retention
+from pgflow.errors import (
+    FlowNotFoundError,
+    InvalidInputError,
+    PermissionDeniedError,
+    RunNotFoundError,
+    ShapeConflictError,
+)
+from pgflow.flow import MAX_SLUG_LENGTH, SLUG_PATTERN, Flow
 from pgflow.retention import PruneResult
 from pgflow.run import RUN_STATUSES, Run, RunSummary, StepState
 from pgflow.shape import describe_differences
@@ -49,21 +55,41 @@ WAIT_RECHECK_SECONDS = 2.0
 WAIT_POLL_SECONDS = 0.5
 WAIT_FIRST_POLL_SECONDS = 0.05
 
+# The largest run input start_flow accepts, as JSON. A run's input is stored
+# once but read again for every root step's claim (and by ctx.flow_input),
+# passed whole through a supervisor's memory and an executor's pipe, so it is
+# kept well under the 64 MiB an executor may answer with and far under
+# jsonb's 255 MiB: large data belongs in object storage or a table, with a
+# reference in the input. Client(max_input_bytes=...) changes it.
+DEFAULT_MAX_INPUT_BYTES = 16 * 1024 * 1024
+# jsonb cannot hold a document over 255 MiB.
+MAX_INPUT_BYTES_LIMIT = 255 * 1024 * 1024
+# One start_flows call sends its inputs as one jsonb[] parameter, and
+# Postgres refuses a value of 1 GiB or more: leave room for its text form.
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
 
 class Client:
     def __init__(self, dsn: str, *, application_name: str = "pgflow client",
-                 pooler: db.Pooler = "none", listen_dsn: str | None = None) -> None:
+                 pooler: db.Pooler = "none", listen_dsn: str | None = None,
+                 max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> None:
         """`pooler` says what `dsn` goes through: "none" (Postgres itself),
         "session" or "transaction" (a pooler such as PgBouncer in that pool
         mode). `listen_dsn`: where wait() listens for finished runs (default:
-        `dsn`, except through a transaction pooler, where wait() polls)."""
+        `dsn`, except through a transaction pooler, where wait() polls).
+        `max_input_bytes`: the largest run input start_flow accepts, as JSON."""
         if pooler not in db.POOLERS:
             raise ValueError(f"Client(): pooler must be one of {', '.join(db.POOLERS)}, "
                              f"got {pooler!r}")
+        if isinstance(max_input_bytes, bool) or not isinstance(max_input_bytes, int) \
+                or not 1 <= max_input_bytes <= MAX_INPUT_BYTES_LIMIT:
+            raise ValueError(f"Client(): max_input_bytes must be an int from 1 to "
+                             f"{MAX_INPUT_BYTES_LIMIT:,} (jsonb's limit), got {max_input_bytes!r}")
         self.dsn = dsn
         self.application_name = application_name
         self.pooler: db.Pooler = pooler
         self.listen_dsn = listen_dsn
+        self.max_input_bytes = max_input_bytes
         self._conn: psycopg.Connection | None = None
         self._listen_conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
@@ -114,6 +140,8 @@ class Client:
                 except psycopg.OperationalError:
                     if attempt == 2 or not (conn.closed or conn.broken):
                         raise
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise _permission_denied(conn, exc) from None
                 except psycopg.Error as exc:
                     translated = db.engine_error(exc) or db.pooler_error(exc)
                     if translated is not None:
@@ -123,9 +151,11 @@ class Client:
 
     # -- schema and flows -------------------------------------------------------
 
-    def migrate(self) -> list[str]:
-        """Create or upgrade the pgflow schema; return the migrations applied."""
-        return self._call(migrations.migrate)
+    def migrate(self, *, roles: bool = False) -> list[str]:
+        """Create or upgrade the pgflow schema; return the migrations applied.
+        roles=True also creates the roles pgflow_app and pgflow_worker (see
+        deploy/README.md, "Least privilege")."""
+        return self._call(lambda conn: migrations.migrate(conn, roles=roles))
 
     def register(self, flow: Flow, *, replace: bool = False) -> str:
         """Store a flow's shape and options.
@@ -168,9 +198,9 @@ class Client:
     ) -> uuid.UUID:
         """Start a run and return its id. Passing run_id makes the call
         idempotent: the same id twice starts one run."""
-        flow_slug = flow.slug if isinstance(flow, Flow) else flow
+        flow_slug = _flow_slug(flow)
         run_uuid = _as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
-        payload = _encode_input(flow_slug, input)
+        payload = self._encode_input(flow_slug, input)
         row = self._call(
             lambda conn: conn.execute(
                 "select run_id from pgflow.start_flow(%s, %s::jsonb, %s)",
@@ -189,8 +219,19 @@ class Client:
         """Start one run per input in one transaction; return their ids in
         order. Nothing is started if any input is refused. `run_ids` (parallel
         to `inputs`, None for "a new id") makes each start idempotent."""
-        flow_slug = flow.slug if isinstance(flow, Flow) else flow
-        payloads = [_encode_input(flow_slug, value, f" #{i + 1}") for i, value in enumerate(inputs)]
+        flow_slug = _flow_slug(flow)
+        if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: start_flows takes a list of run inputs, got "
+                f"{type(inputs).__name__}; use start_flow for one run")
+        payloads = [self._encode_input(flow_slug, value, f" #{i + 1}")
+                    for i, value in enumerate(inputs)]
+        total = sum(len(p) for p in payloads)
+        if total > MAX_BATCH_BYTES:
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: {len(payloads)} run inputs are {total:,} bytes of JSON in "
+                f"all, over the {MAX_BATCH_BYTES:,} one start_flows call can send; start them "
+                "in smaller batches")
         if run_ids is None:
             ids: list[uuid.UUID | None] = [uuid.uuid4() for _ in payloads]
         elif len(run_ids) != len(payloads):
@@ -210,6 +251,24 @@ class Client:
         )
         return [row[0] for row in rows]
 
+    def _encode_input(self, flow_slug: str, value: Any, which: str = "") -> str:
+        """The run input as JSON text, or InvalidInputError saying what to change."""
+        try:
+            data = jsondata.encode(value)
+        except jsondata.NotJsonError as exc:
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: the run input{which} is not JSON: {exc}. "
+                "Nothing was started."
+            ) from None
+        if len(data) > self.max_input_bytes:
+            raise InvalidInputError(
+                f"Flow {flow_slug!r}: the run input{which} is {len(data):,} bytes of JSON, over "
+                f"the limit of {self.max_input_bytes:,} (Client(max_input_bytes=...)). Nothing "
+                "was started; store large data elsewhere (object storage, a table) and pass a "
+                "reference to it."
+            )
+        return data.decode()
+
     def get_run(self, run_id: uuid.UUID | str) -> Run:
         run_uuid = _as_uuid(run_id, "get_run")
 
@@ -223,7 +282,15 @@ class Client:
                 ).fetchall()
             return Run(**run, steps={s["step_slug"]: StepState(**s) for s in steps})
 
-        return self._call(read)
+        try:
+            return self._call(read)
+        except orjson.JSONDecodeError as exc:
+            # Only SQL can store such JSON (start_flow from another language).
+            raise InvalidInputError(
+                f"Run {run_uuid} holds JSON that Python cannot decode ({exc}): nesting past "
+                "1024 levels or a number beyond a float, written through SQL. Read it with SQL: "
+                f"select status, error from pgflow.runs where run_id = '{run_uuid}'"
+            ) from None
 
     def list_runs(
         self,
@@ -236,10 +303,14 @@ class Client:
         failed, cancelled), started at or after `since` (a datetime, or a
         timedelta meaning that long ago), at most `limit` of them."""
         if status is not None and status not in RUN_STATUSES:
-            raise ValueError(f"list_runs(): status must be one of {', '.join(RUN_STATUSES)}, "
+            raise InvalidInputError(f"list_runs(): status must be one of {', '.join(RUN_STATUSES)}, "
                              f"got {status!r}")
+        if flow is not None and (not isinstance(flow, str) or len(flow) > MAX_SLUG_LENGTH
+                                 or not SLUG_PATTERN.match(flow)):
+            raise InvalidInputError(f"list_runs(): flow must be a flow slug ({SLUG_PATTERN.pattern}), "
+                             f"got {_preview(flow) if isinstance(flow, str) else flow!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"list_runs(): limit must be a positive int, got {limit!r}")
+            raise InvalidInputError(f"list_runs(): limit must be a positive int, got {limit!r}")
         if isinstance(since, datetime.timedelta):
             since = datetime.datetime.now(datetime.UTC) - since
         elif since is not None and since.tzinfo is None:
@@ -405,14 +476,32 @@ def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> 
             return
 
 
-def _encode_input(flow_slug: str, value: Any, which: str = "") -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError as exc:
-        raise InvalidInputError(
-            f"Flow {flow_slug!r}: the run input{which} is not JSON-serializable ({exc}); "
-            "pass dicts, lists, strings, numbers, booleans or None"
-        ) from None
+def _permission_denied(conn: psycopg.Connection,
+                       exc: psycopg.errors.InsufficientPrivilege) -> PermissionDeniedError:
+    reason = exc.diag.message_primary or str(exc)
+    return PermissionDeniedError(
+        f"{reason} (database role {conn.info.user!r}). pgflow_app may start, read, wait for and "
+        "cancel runs; pgflow_worker (supervisors) may claim and answer tasks and register "
+        "flows; migrations need the schema's owner. See deploy/README.md, \"Least privilege\"")
+
+
+def _flow_slug(flow: str | Flow) -> str:
+    """The slug of `flow`; a slug no flow can have is a FlowNotFoundError here,
+    before it reaches the database (where it would be one too)."""
+    if isinstance(flow, Flow):
+        return flow.slug
+    if not isinstance(flow, str):
+        raise InvalidInputError(f"A flow is a Flow or its slug (a str), got {type(flow).__name__}")
+    if len(flow) > MAX_SLUG_LENGTH or not SLUG_PATTERN.match(flow):
+        raise FlowNotFoundError(
+            f"Flow {_preview(flow)} is not registered, and cannot be: a flow slug matches "
+            f"{SLUG_PATTERN.pattern} and has at most {MAX_SLUG_LENGTH} characters")
+    return flow
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
 def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:
@@ -421,4 +510,5 @@ def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise InvalidInputError(f"{where}: run id {value!r} is not a UUID") from None
+        shown = _preview(value) if isinstance(value, str) else repr(value)
+        raise InvalidInputError(f"{where}: run id {shown} is not a UUID") from None

@@ -87,17 +87,23 @@ def _check_number(
     kind = "an integer" if integer else "a number"
     allowed = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {value!r}")
+        raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {_short(value)}")
     too_small = value <= minimum if strict else value < minimum
     if too_small or value != value or value > maximum:
         low = f"> {minimum:g}" if strict else f">= {minimum:g}"
         unit = "" if integer else " seconds"
         raise FlowDefinitionError(
-            f"{where}: {name} must be {low} and <= {maximum:g}{unit}, got {value!r}"
+            f"{where}: {name} must be {low} and <= {maximum:g}{unit}, got {_short(value)}"
         )
 
 
-def _check_options(where: str, options: Mapping[str, Any]) -> None:
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _check_options(where: str, options: Mapping[str, Any], *, allow_none: bool = True) -> None:
+    """Check each option's type and range; None means "inherit" where allow_none."""
     rules = {
         "max_attempts": dict(minimum=1, maximum=MAX_MAX_ATTEMPTS, integer=True, strict=False),
         "base_delay": dict(minimum=0, maximum=MAX_BASE_DELAY, integer=False, strict=False),
@@ -105,7 +111,7 @@ def _check_options(where: str, options: Mapping[str, Any]) -> None:
         "start_delay": dict(minimum=0, maximum=MAX_START_DELAY, integer=False, strict=False),
     }
     for name, value in options.items():
-        if value is not None:
+        if value is not None or not allow_none:
             _check_number(where, name, value, **rules[name])  # type: ignore[arg-type]
 
 
@@ -131,6 +137,7 @@ class Flow:
         _check_options(
             f"Flow {slug!r}",
             {"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            allow_none=False,
         )
         self.slug = slug
         self.max_attempts = max_attempts
@@ -155,12 +162,11 @@ class Flow:
     ) -> Callable[[Handler], Handler]:
         """Declare a single step: one task, input is the flow input (root step)
         or a dict of dependency outputs keyed by step slug."""
-        if isinstance(depends_on, str):
-            depends_on = [depends_on]
+        deps = self._dependencies(slug, depends_on)
         options = StepOptions(max_attempts, base_delay, timeout, start_delay)
 
         def decorate(handler: Handler) -> Handler:
-            self._add(handler, slug, "single", tuple(depends_on), options)
+            self._add(handler, slug, "single", deps, options)
             return handler
 
         return decorate
@@ -191,6 +197,17 @@ class Flow:
             return handler
 
         return decorate
+
+    def _dependencies(self, slug: str | None, depends_on: object) -> tuple[str, ...]:
+        if isinstance(depends_on, str):
+            return (depends_on,)
+        try:
+            return tuple(depends_on)  # type: ignore[arg-type]
+        except TypeError:
+            raise FlowDefinitionError(
+                f"Flow {self.slug!r}, step {slug or '<step>'!r}: depends_on must be a list of "
+                f"step slugs, got {_short(depends_on)}"
+            ) from None
 
     def _add(
         self,

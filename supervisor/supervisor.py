@@ -301,7 +301,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup(), self.answers.held_until())
+                                  self.database.next_wakeup(), self.answers.held_until(),
+                                  self.http.next_wakeup() if self.http else None)
                       if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)

@@ -126,11 +126,13 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     if isinstance(handler, Err):
         return handler
     ctx = build_context(task, conn)
-    prepared = prepare_input(task, ctx, flow.get_step(task.step_slug))
+    step = flow.get_step(task.step_slug)
+    prepared = prepare_input(task, ctx, step)
     if isinstance(prepared, Err):
         return prepared
     with task_logging(ctx):  # log records from the handler carry run, step and attempt
-        result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
+        result = execute_with_timeout(handler.value, prepared.value, ctx, timeout,
+                                      with_ctx=step is None or step.takes_ctx)
     if isinstance(result, Err):
         return result
     data = encode_output(result.value)
@@ -144,20 +146,23 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     return data if encoded else Ok(result.value)
 
 
-def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Result:
-    """Call `handler(input, ctx)`; a `Timeout` err if it overruns `timeout_ms`.
+def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int, *,
+                         with_ctx: bool = True) -> Result:
+    """Call `handler(input, ctx)` (`handler(input)` when `with_ctx` is False,
+    for handlers defined without ctx); a `Timeout` err if it overruns `timeout_ms`.
 
     Not re-entrant: one task at a time per process (the SIGALRM timer and the
     event loop are per process).
     """
     started = time.monotonic()
+    args = (input, ctx) if with_ctx else (input,)
     try:
         if inspect.iscoroutinefunction(handler):
-            output = _run_awaitable(handler(input, ctx), timeout_ms)
+            output = _run_awaitable(handler(*args), timeout_ms)
         elif threading.current_thread() is threading.main_thread():
-            output = _run_with_alarm(handler, input, ctx, timeout_ms)
+            output = _run_with_alarm(handler, args, timeout_ms)
         else:
-            output = _run_in_abandonable_thread(handler, input, ctx, timeout_ms)
+            output = _run_in_abandonable_thread(handler, args, ctx, timeout_ms)
         if inspect.isawaitable(output):  # a plain callable that returned a coroutine
             spent_ms = (time.monotonic() - started) * 1000
             output = _run_awaitable(output, max(timeout_ms - spent_ms, 0))
@@ -184,7 +189,7 @@ def format_traceback(exc: BaseException) -> str:
     return f"[{len(data) - len(kept.encode())} bytes cut]...{kept}"
 
 
-def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Any:
+def _run_with_alarm(handler: Handler, args: tuple[Any, ...], timeout_ms: int) -> Any:
     fired = False
 
     def on_alarm(signum: int, frame: object) -> None:
@@ -198,7 +203,7 @@ def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int)
     started = time.monotonic()
     try:
         try:
-            output = handler(input, ctx)
+            output = handler(*args)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
@@ -211,7 +216,7 @@ def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int)
     return output
 
 
-def _run_in_abandonable_thread(handler: Handler, input: Any, ctx: Context,
+def _run_in_abandonable_thread(handler: Handler, args: tuple[Any, ...], ctx: Context,
                                timeout_ms: int) -> Any:
     """Off the main thread no signal can interrupt the handler: on timeout the
     daemon thread is abandoned, still running, until the supervisor kills the process."""
@@ -219,7 +224,7 @@ def _run_in_abandonable_thread(handler: Handler, input: Any, ctx: Context,
 
     def target() -> None:
         try:
-            outcome["output"] = handler(input, ctx)
+            outcome["output"] = handler(*args)
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller
             outcome["error"] = exc
 

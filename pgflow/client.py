@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -41,6 +41,7 @@ from pgflow.flow import MAX_SLUG_LENGTH, SLUG_PATTERN, Flow
 from pgflow.retention import PruneResult
 from pgflow.run import RUN_STATUSES, Run, RunSummary, StepState
 from pgflow.shape import describe_differences
+from pgflow.tags import check_key, check_tags, encode_tags
 
 __all__ = ["Client", "PruneResult", "Run", "RunSummary", "StepState"]
 
@@ -194,17 +195,31 @@ class Client:
     # -- runs ---------------------------------------------------------------
 
     def start_flow(
-        self, flow: str | Flow, input: Any = None, run_id: uuid.UUID | str | None = None
+        self,
+        flow: str | Flow,
+        input: Any = None,
+        run_id: uuid.UUID | str | None = None,
+        *,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> uuid.UUID:
-        """Start a run and return its id. Passing run_id makes the call
-        idempotent: the same id twice starts one run."""
+        """Start a run and return its id.
+
+        `run_id` makes the call idempotent: the same id twice starts one run.
+        `key` deduplicates by meaning: while a run of this flow started with
+        the same key is unfinished, its id is returned and nothing starts (a
+        finished key may start a new run). `tags` ({"tenant": "acme"}) are
+        stored on the run and can filter `list_runs`.
+        """
         flow_slug = _flow_slug(flow)
         run_uuid = _as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
         payload = self._encode_input(flow_slug, input)
+        checked_key = check_key(flow_slug, key)
+        checked_tags = encode_tags(check_tags(f"Flow {flow_slug!r}", tags))
         row = self._call(
             lambda conn: conn.execute(
-                "select run_id from pgflow.start_flow(%s, %s::jsonb, %s)",
-                (flow_slug, payload, run_uuid),
+                "select run_id from pgflow.start_flow(%s, %s::jsonb, %s, %s, %s::jsonb)",
+                (flow_slug, payload, run_uuid, checked_key, checked_tags),
             ).fetchone()
         )
         assert row is not None
@@ -215,10 +230,14 @@ class Client:
         flow: str | Flow,
         inputs: Sequence[Any],
         run_ids: Sequence[uuid.UUID | str | None] | None = None,
+        *,
+        keys: Sequence[str | None] | None = None,
+        tags: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[uuid.UUID]:
         """Start one run per input in one transaction; return their ids in
-        order. Nothing is started if any input is refused. `run_ids` (parallel
-        to `inputs`, None for "a new id") makes each start idempotent."""
+        order. Nothing is started if any input is refused. `run_ids` and
+        `keys` (parallel to `inputs`, None for "none") work as in
+        `start_flow`; `tags` is one mapping for every run, or one per input."""
         flow_slug = _flow_slug(flow)
         if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
             raise InvalidInputError(
@@ -234,19 +253,21 @@ class Client:
                 "in smaller batches")
         if run_ids is None:
             ids: list[uuid.UUID | None] = [uuid.uuid4() for _ in payloads]
-        elif len(run_ids) != len(payloads):
-            raise InvalidInputError(
-                f"Flow {flow_slug!r}: {len(payloads)} inputs but {len(run_ids)} run ids; "
-                "give one run id (or None) per input"
-            )
         else:
+            _check_parallel(flow_slug, "run ids", payloads, run_ids)
             ids = [None if r is None else _as_uuid(r, f"Flow {flow_slug!r}") for r in run_ids]
         # A retried call after a dropped connection must not start new runs.
         ids = [r if r is not None else uuid.uuid4() for r in ids]
+        checked_keys = None
+        if keys is not None:
+            _check_parallel(flow_slug, "keys", payloads, keys)
+            checked_keys = [check_key(flow_slug, k, f" #{i + 1}") for i, k in enumerate(keys)]
+        per_run = _tags_per_run(flow_slug, tags, len(payloads))
         rows = self._call(
             lambda conn: conn.execute(
-                "select run_id from pgflow.start_flows(%s, %s::jsonb[], %s::uuid[])",
-                (flow_slug, payloads, ids),
+                "select run_id from pgflow.start_flows(%s, %s::jsonb[], %s::uuid[], %s::text[], "
+                "%s::jsonb[])",
+                (flow_slug, payloads, ids, checked_keys, per_run),
             ).fetchall()
         )
         return [row[0] for row in rows]
@@ -298,10 +319,12 @@ class Client:
         status: str | None = None,
         since: datetime.datetime | datetime.timedelta | None = None,
         limit: int = 100,
+        tags: Mapping[str, str] | None = None,
     ) -> list[RunSummary]:
         """Runs, newest first: of one flow, in one status (started, completed,
         failed, cancelled), started at or after `since` (a datetime, or a
-        timedelta meaning that long ago), at most `limit` of them."""
+        timedelta meaning that long ago), carrying every tag in `tags`, at
+        most `limit` of them."""
         if status is not None and status not in RUN_STATUSES:
             raise InvalidInputError(f"list_runs(): status must be one of {', '.join(RUN_STATUSES)}, "
                              f"got {status!r}")
@@ -315,7 +338,8 @@ class Client:
             since = datetime.datetime.now(datetime.UTC) - since
         elif since is not None and since.tzinfo is None:
             since = since.astimezone()  # naive means local time
-        params = {"flow": flow, "status": status, "since": since, "limit": limit}
+        params = {"flow": flow, "status": status, "since": since, "limit": limit,
+                  "tags": encode_tags(check_tags("list_runs()", tags))}
 
         def read(conn: psycopg.Connection) -> list[RunSummary]:
             with conn.cursor(row_factory=psycopg.rows.class_row(RunSummary)) as cur:
@@ -502,6 +526,28 @@ def _flow_slug(flow: str | Flow) -> str:
 def _preview(text: str, limit: int = 80) -> str:
     shown = repr(text)
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
+def _check_parallel(flow_slug: str, what: str, inputs: Sequence[Any],
+                    values: Sequence[Any]) -> None:
+    if isinstance(values, str | bytes) or len(values) != len(inputs):
+        count = "a string" if isinstance(values, str | bytes) else len(values)
+        raise InvalidInputError(
+            f"Flow {flow_slug!r}: {len(inputs)} inputs but {count} {what}; "
+            f"give a list with one per input (None where there is none)"
+        )
+
+
+def _tags_per_run(flow_slug: str, tags: Any, count: int) -> list[str | None] | None:
+    """start_flows' tags: one mapping for every run, or a sequence with one per run."""
+    if tags is None:
+        return None
+    if isinstance(tags, Mapping):
+        encoded = encode_tags(check_tags(f"Flow {flow_slug!r}", tags))
+        return [encoded] * count
+    _check_parallel(flow_slug, "tags", [None] * count, tags)
+    return [encode_tags(check_tags(f"Flow {flow_slug!r}, run input #{i + 1}", t))
+            for i, t in enumerate(tags)]
 
 
 def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:

@@ -8,6 +8,7 @@ bytes as the executors sent them.
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ import orjson
 
 from pgflow import queries
 from supervisor.pgconn import ConnectionLost, Rows, Statement, StatementError
+from supervisor.schedules import TickResult
 from supervisor.tasks import CLAIM_COLUMNS, HeldTask, from_claim_row
 
 Failure = StatementError | ConnectionLost
@@ -167,3 +169,20 @@ def report_worker(worker_id: uuid.UUID, executors: int, busy: int, buffered: int
     return _statement("report_worker", (str(worker_id), str(executors), str(busy), str(buffered),
                                         str(succeeded), str(failed)),
                       lambda rows: None, on_failure)
+
+
+def start_due_ticks(items: Sequence[dict[str, Any]],
+                    on_results: Callable[[list[TickResult]], None],
+                    on_failure: Callable[[Failure], None]) -> Statement:
+    """Due schedule ticks (supervisor.schedules.Scheduler.due) -> runs started once each."""
+    def parse(rows: Rows) -> None:
+        results = []
+        for flow, last_tick_at, started, error in rows.values:
+            assert flow is not None
+            when = (None if last_tick_at is None else
+                    datetime.datetime.fromtimestamp(float(last_tick_at), datetime.UTC))
+            results.append(TickResult(flow.decode(), when, int(started or 0),
+                                      error.decode() if error else None))
+        on_results(results)
+
+    return _statement("start_due_ticks", (orjson.dumps(items),), parse, on_failure)

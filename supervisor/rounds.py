@@ -13,7 +13,8 @@ not undo the rest:
    what the worker reports for `pgflow top` and lease expiry of
    other supervisors' tasks, queue statistics;
 5. with `--retention`, at each tick, a batch of finished runs pruned if this
-   supervisor wins the tick (see supervisor/retention.py).
+   supervisor wins the tick (see supervisor/retention.py);
+6. due schedule ticks (start_due_ticks), when the "schedules" timer fired.
 
 Every transaction sets its own lock and statement timeouts (never session
 state), so the connection may go through a transaction pooler.
@@ -22,6 +23,7 @@ state), so the connection may go through a transaction pooler.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import time
@@ -34,6 +36,7 @@ from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
 from supervisor.pgconn import Statement, Transaction
 from supervisor.retention import RetentionChore
+from supervisor.schedules import Scheduler, TickResult
 from supervisor.settings import Settings
 from supervisor.tasks import HeldTask
 
@@ -45,12 +48,16 @@ log = logging.getLogger("pgflow.supervisor")
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
 CLAIM_RETRY_SECONDS = 1.0
+# Schedules: look a little after a tick is due (the loop's clock and the
+# wall clock are not the same), and at most this often after an answer.
+SCHEDULE_MARGIN = 0.02
+SCHEDULE_PAUSE = 0.2
 
 
 class Rounds:
     def __init__(self, settings: Settings, flows: Sequence[str], metrics: Metrics,
                  buffer: collections.deque[HeldTask], held: Callable[[], list[HeldTask]],
-                 worker_id: uuid.UUID | None = None) -> None:
+                 worker_id: uuid.UUID | None = None, scheduler: Scheduler | None = None) -> None:
         self._settings = settings
         self._flows = list(flows)
         self._metrics = metrics
@@ -70,6 +77,9 @@ class Rounds:
             self.retention.first_at(time.monotonic()) if self.retention else None)
         self.releases: list[HeldTask] = []
         self._releasing: list[HeldTask] = []
+        self.scheduler = scheduler
+        self.schedules_due = False  # the "schedules" timer fired
+        self.next_schedule_at: float | None = None  # monotonic; the loop arms its timer
         self._session = {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
 
     # -- what the loop tells us ----------------------------------------------------
@@ -85,6 +95,8 @@ class Rounds:
     def on_database_up(self) -> None:
         """(Re)connected: notifications may have been lost meanwhile, so claim once."""
         self.register_due = self.dirty = True
+        if self.scheduler:
+            self.schedules_due = True
 
     def release(self, tasks: list[HeldTask]) -> None:
         self.releases += tasks
@@ -101,7 +113,8 @@ class Rounds:
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
         return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
                     or self.stats_due or self.register_due or self.stop_due
-                    or self.retention_due)
+                    or self.retention_due or self.schedules_due
+                    or self.next_schedule_at is not None)  # the loop arms its timer first
 
     # -- composing a round ------------------------------------------------------------
 
@@ -140,6 +153,11 @@ class Rounds:
         if self.retention_due and self.retention is not None:
             self.retention_due = False
             transactions.append(Transaction([self._retention_statement(self.retention)]))
+        if self.schedules_due and not self.stop_due:
+            self.schedules_due = False
+            statement = self._schedules_statement()
+            if statement is not None:
+                transactions.append(Transaction([statement]))
         if self.stop_due and not self.releases and not self._releasing:
             self.stop_due = False
             transactions.append(Transaction([engine.stop_worker(
@@ -194,6 +212,36 @@ class Rounds:
 
         return engine.retention_tick(self.worker_id, chore.older_than, chore.batch_runs,
                                      chore.tick, pruned, failed)
+
+    def _schedules_statement(self) -> Statement | None:
+        """Start the runs of due schedule ticks; when nothing is due, only say
+        when to look again."""
+        scheduler = self.scheduler
+        if not scheduler:
+            return None
+        now = datetime.datetime.now(datetime.UTC)
+        items = scheduler.due(now)
+        if not items:
+            self._schedule_next(scheduler, now, SCHEDULE_MARGIN)
+            return None
+
+        def done(results: list[TickResult]) -> None:
+            now = datetime.datetime.now(datetime.UTC)
+            scheduler.on_result(results, now)
+            # Not sooner than this: a tick the database's clock has not
+            # reached yet is asked for again shortly, not in a tight loop.
+            self._schedule_next(scheduler, now, SCHEDULE_PAUSE)
+
+        def failed(failure: Failure) -> None:
+            self._failed("schedules")(failure)
+            self.next_schedule_at = time.monotonic() + 1.0
+
+        return engine.start_due_ticks(items, done, failed)
+
+    def _schedule_next(self, scheduler: Scheduler, now: datetime.datetime,
+                       minimum: float) -> None:
+        wait = (scheduler.next_check(now) - now).total_seconds()
+        self.next_schedule_at = time.monotonic() + max(wait + SCHEDULE_MARGIN, minimum)
 
     def _release_statement(self) -> Statement:
         self._releasing, self.releases = self.releases, []

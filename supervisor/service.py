@@ -26,6 +26,7 @@ from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.preflight import EXIT_CONFIG, EXIT_RETRY, Problem
 from supervisor.rounds import Rounds
+from supervisor.schedules import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.settings import Settings
 from supervisor.signals import SignalQueue
@@ -82,7 +83,7 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
         in_executors = [t for child in pool.children.values() for t in child.tasks]
         return [*buffer, *in_executors, *answers.held(), *rounds.releases]
 
-    rounds = Rounds(settings, list(flows), metrics, buffer, held)
+    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows))
 
     def cancelled(run_ids: set[str]) -> None:
         rounds.drop_runs(run_ids)

@@ -12,6 +12,7 @@ whatever the timers asked for.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import selectors
@@ -102,6 +103,10 @@ class Supervisor:
             self.timers.set("watchdog", now)
         if self.vacuum is not None and s.queue_vacuum_interval:
             self.timers.set("vacuum", now + s.queue_vacuum_interval)
+        if self.rounds.scheduler:
+            self.timers.set("schedules", now)
+            for line in self.rounds.scheduler.describe(datetime.datetime.now(datetime.UTC)):
+                log.info("%s", line)
         self.pool.fill(now)
         self.database.service(now)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
@@ -332,9 +337,14 @@ class Supervisor:
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
             elif name == "retention":
                 self.rounds.retention_due = True
+            elif name == "schedules":
+                self.rounds.schedules_due = True
         if self.rounds.next_retention is not None:
             self.timers.set("retention", self.rounds.next_retention)
             self.rounds.next_retention = None
+        if self.rounds.next_schedule_at is not None:
+            self.timers.set("schedules", self.rounds.next_schedule_at)
+            self.rounds.next_schedule_at = None
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None
@@ -359,4 +369,3 @@ class Supervisor:
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
         }
-

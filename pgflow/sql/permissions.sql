@@ -23,7 +23,7 @@
 --      pgflow_worker  claim_tasks, complete_tasks, fail_tasks, release_tasks,
 --                     heartbeat, requeue_expired, next_visible_at,
 --                     register_worker, stop_worker, register_flow,
---                     retention_tick, report_worker
+--                     retention_tick, report_worker, start_due_ticks
 --    prune_runs and prunable_runs stay the owner's: deleting history is an
 --    operator's act (`pgflow prune` as the schema's owner); a supervisor's
 --    --retention goes through retention_tick.
@@ -45,7 +45,7 @@ declare
     c_worker_functions constant text[] := array[
         'claim_tasks', 'complete_tasks', 'fail_tasks', 'release_tasks', 'heartbeat',
         'requeue_expired', 'next_visible_at', 'register_worker', 'stop_worker', 'register_flow',
-        'retention_tick', 'report_worker'];
+        'retention_tick', 'report_worker', 'start_due_ticks'];
     c_worker_tables constant text[] := array['flows', 'steps', 'deps', 'runs', 'queue',
                                             'workers', 'schema_migrations'];
     v_schema constant oid := 'pgflow'::regnamespace;

@@ -30,7 +30,7 @@ APP_FUNCTIONS = {"start_flow", "start_flows", "cancel_run", "retry_run"}
 WORKER_FUNCTIONS = {"claim_tasks", "complete_tasks", "fail_tasks", "release_tasks", "heartbeat",
                     "requeue_expired", "next_visible_at", "register_worker", "stop_worker",
                     "register_flow", "retention_tick",
-                    "report_worker"}
+                    "report_worker", "start_due_ticks"}
 # Public functions (no leading "_") that only the owner may call, on purpose.
 OWNER_ONLY = {"prune_runs", "prunable_runs"}  # deleting history is an operator's act
 WORKER_TABLES = {"flows", "steps", "deps", "runs", "queue", "workers", "schema_migrations"}

@@ -1,12 +1,12 @@
 -- The step states of one run in flow order, with the highest attempt used by
--- any of each step's tasks, and the error of every failed attempt of its
+-- any of each step's tasks, the error of every failed attempt of its
 -- tasks, oldest first: the tasks.errors entries (attempt, error, at, type,
 -- traceback, and retry for attempts made before the run was retried) with
--- their task_index.
+-- their task_index, and why and when a skipped step was skipped.
 select ss.step_slug, ss.status, ss.output, ss.error,
        coalesce(a.attempts, 0) as attempts, ss.task_count,
        ss.started_at, ss.completed_at, ss.failed_at,
-       coalesce(e.errors, '[]'::jsonb) as errors
+       coalesce(e.errors, '[]'::jsonb) as errors, ss.skip_reason, ss.skipped_at
 from pgflow.step_states ss
 left join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
 left join lateral (

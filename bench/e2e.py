@@ -1,6 +1,7 @@
 """End-to-end benchmark through the real supervisor (`pgflow supervise`).
 
     python bench/e2e.py [--database-url URL] [--processes 2] [--runs 20000]
+                        [--pgbouncer session|transaction|transaction-polling]
 
 Creates (and afterwards drops) a scratch database, then measures:
   prefilled   single-step no-op runs: queue filled first, then one supervisor drains it
@@ -9,6 +10,10 @@ Creates (and afterwards drops) a scratch database, then measures:
   chain       three-step chains (a -> b -> c), prefilled
   map         one run of a 1,000-element map step
   latency     start_flow -> handler start on an idle system, p50 / p99
+With --pgbouncer the supervisor reaches Postgres through a PgBouncer this
+script starts (tests/pgbouncer.py): in session mode; in transaction mode
+listening on Postgres directly (--listen-url); or in transaction mode without
+a listen URL (the supervisor polls). Runs are started and counted directly.
 Prints the figures and writes bench/results/e2e.json. Not a pass/fail test.
 """
 
@@ -68,11 +73,12 @@ def wait_finished(dsn: str, flow: str, count: int, timeout: float = 600) -> floa
 
 
 class Supervisor:
-    def __init__(self, dsn: str, processes: int, extra: list[str]) -> None:
+    def __init__(self, dsn: str, processes: int, extra: list[str], via: str | None = None) -> None:
+        """A supervisor on `dsn`'s database, connecting through `via` when given."""
         self.log = open(RESULTS / "e2e-supervisor.log", "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONPATH": str(HERE), "PGFLOW_LOG_LEVEL": "WARNING"}
         self.proc = subprocess.Popen(
-            [str(PGFLOW), "supervise", "--database-url", dsn, "--flows", "bench_flows",
+            [str(PGFLOW), "supervise", "--database-url", via or dsn, "--flows", "bench_flows",
              "--processes", str(processes), "--metrics-port", "0", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
@@ -97,7 +103,7 @@ class Supervisor:
 def bench_prefilled(dsn: str, args: argparse.Namespace, flow: str, runs: int, tasks_per_run: int,
                     input_sql: str = "to_jsonb(i)") -> dict:
     start_runs(dsn, flow, runs, input_sql)
-    supervisor = Supervisor(dsn, args.processes, args.supervisor_args)
+    supervisor = Supervisor(dsn, args.processes, args.supervisor_args, args.supervisor_dsn)
     try:
         seconds = wait_finished(dsn, flow, runs)
     finally:
@@ -108,7 +114,7 @@ def bench_prefilled(dsn: str, args: argparse.Namespace, flow: str, runs: int, ta
 
 
 def bench_steady(dsn: str, args: argparse.Namespace) -> dict:
-    supervisor = Supervisor(dsn, args.processes, args.supervisor_args)
+    supervisor = Supervisor(dsn, args.processes, args.supervisor_args, args.supervisor_dsn)
     runs, batch = args.runs, 100
     produced = threading.Event()
 
@@ -133,7 +139,7 @@ def bench_steady(dsn: str, args: argparse.Namespace) -> dict:
 
 
 def bench_latency(dsn: str, args: argparse.Namespace, samples: int = 300) -> dict:
-    supervisor = Supervisor(dsn, args.processes, args.supervisor_args)
+    supervisor = Supervisor(dsn, args.processes, args.supervisor_args, args.supervisor_dsn)
     latencies = []
     try:
         with Client(dsn) as client:
@@ -158,6 +164,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20_000)
     parser.add_argument("--only", default="prefilled,steady,chain,map,latency")
+    parser.add_argument("--pgbouncer", choices=["session", "transaction", "transaction-polling"],
+                        help="the supervisor goes through a PgBouncer in this mode")
     parser.add_argument("supervisor_args", nargs="*", help="extra `pgflow supervise` options")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -166,7 +174,20 @@ def main() -> None:
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         admin.execute(f"create database {dbname}")
     dsn = make_conninfo(args.database_url, dbname=dbname)
+    args.supervisor_dsn = None
+    bouncer = None
+    if args.pgbouncer:
+        sys.path.insert(0, str(HERE.parent))
+        from tests.pgbouncer import PgBouncer
+
+        bouncer = PgBouncer(args.database_url, "session" if args.pgbouncer == "session"
+                            else "transaction")
+        args.supervisor_dsn = bouncer.url(dbname)
+        pooler = ["--pooler", bouncer.mode]
+        listen = ["--listen-url", dsn] if args.pgbouncer == "transaction" else []
+        args.supervisor_args = [*pooler, *listen, *args.supervisor_args]
     results: dict[str, object] = {"benchmark": "e2e", "processes": args.processes,
+                                  "pgbouncer": args.pgbouncer,
                                   "supervisor_args": args.supervisor_args, "cpus": os.cpu_count()}
     try:
         with Client(dsn) as client:
@@ -195,6 +216,8 @@ def main() -> None:
                 results[name] = case()
                 print(f"{name:>10}: {results[name]}", flush=True)
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(f"drop database if exists {dbname} with (force)")
     out = RESULTS / "e2e.json"

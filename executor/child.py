@@ -6,7 +6,8 @@ The child owns no deadline (the supervisor kills it at the task's deadline);
 it uses the task's timeout only as a soft limit so Python code gets a chance
 to run its `finally` blocks. It never uses a database connection inherited
 from the parent: it opens its own, lazily, the first time a handler reads
-`ctx.flow_input` that the claim did not carry, and keeps it for later tasks.
+`ctx.flow_input` that the claim did not carry (the claim carries small flow
+inputs), and keeps it for later tasks.
 """
 
 from __future__ import annotations
@@ -105,7 +106,11 @@ def close_inherited_fds(keep: set[int]) -> None:
 
 class LazyConnection:
     """A zero-arg callable returning this process's own connection, opened on
-    first call (and again after the server dropped it)."""
+    first call (and again after the server dropped it).
+
+    It may go through a transaction pooler, so it keeps nothing across
+    transactions: no prepared statements (its one query, a primary-key
+    lookup, gains nothing from them) and no notifications."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -113,12 +118,10 @@ class LazyConnection:
 
     def __call__(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            import psycopg  # only executors whose handlers need the database pay for it
+            from pgflow import db
 
             self.close()
-            self._conn = psycopg.connect(
-                self._dsn, autocommit=True, application_name="pgflow executor"
-            )
+            self._conn = db.connect(self._dsn, "pgflow executor", pooler="transaction")
         return self._conn
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import orjson
 import psycopg
 
 from executor.log_context import task_logging
@@ -54,6 +55,9 @@ def build_context(task: ClaimedTask, conn: ConnectionSource) -> Context:
     transaction open while the handler runs."""
     if task.input_is_flow_input:
         source: dict[str, Any] = {"flow_input": task.input}
+    elif task.flow_input_json is not None:
+        carried = task.flow_input_json
+        source = {"load_flow_input": lambda: orjson.loads(carried)}
     else:
         source = {"load_flow_input": _flow_input_loader(task, conn)}
     return Context(run_id=task.run_id, flow_slug=task.flow_slug, step_slug=task.step_slug,

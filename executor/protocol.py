@@ -10,8 +10,13 @@ Request (supervisor -> executor), one per task, a JSON object:
      "step_slug": str, "task_index": int, "attempt": int, "timeout_ms": int,
      "input_is_flow_input": bool, "input": <JSON>}
 
-The supervisor builds it by concatenation around the input exactly as
-Postgres returned it (JSON text): it never decodes a handler's input.
+and, when the claim carried the run's input for a task whose input is
+something else, a newline and that flow input as JSON: the executor decodes
+it only if the handler reads `ctx.flow_input`.
+
+The supervisor builds it by concatenation around the inputs exactly as
+Postgres returned them (JSON text, which never holds a raw newline): it
+never decodes a handler's input.
 
 Answer (executor -> supervisor), exactly one per request, in order: a JSON
 object on one line (the meta), and for a successful task a newline and the
@@ -163,33 +168,42 @@ _REQUEST = (
 def encode_request(
     task_id: int, token: int, run_id: bytes, flow_slug: bytes, step_slug: bytes,
     task_index: int, attempt: int, timeout_ms: int, input_is_flow_input: bool, input: bytes,
+    flow_input: bytes | None = None,
 ) -> bytes:
-    """One request frame around `input`, JSON text used as it is.
+    """One request frame around `input` (and `flow_input`), JSON text used as it is.
 
     Slugs match ^[a-zA-Z_][a-zA-Z0-9_]*$ (the schema checks it) and run_id is
     a UUID's text, so none of them needs escaping.
     """
     head = _REQUEST % (task_id, token, run_id, flow_slug, step_slug, task_index, attempt,
                        timeout_ms, b"true" if input_is_flow_input else b"false")
-    return frame(b"".join((head, input, b"}")))
+    if flow_input is None:
+        return frame(b"".join((head, input, b"}")))
+    return frame(b"".join((head, input, b"}", NEWLINE, flow_input)))
 
 
 def request_for(task: ClaimedTask) -> bytes:
     """The request frame of a task whose input is already decoded (tests, tools)."""
+    flow_input = task.flow_input_json
     return encode_request(
         task.task_id, task.token, str(task.run_id).encode(), task.flow_slug.encode(),
         task.step_slug.encode(), task.task_index, task.attempt, task.timeout_ms,
-        task.input_is_flow_input, orjson.dumps(task.input))
+        task.input_is_flow_input, orjson.dumps(task.input),
+        flow_input.encode() if isinstance(flow_input, str) else flow_input)
 
 
 def decode_request(body: bytes) -> ClaimedTask:
-    """The task a request frame carries; raises ValueError/KeyError/TypeError if malformed."""
-    data = orjson.loads(body)
+    """The task a request frame carries; raises ValueError/KeyError/TypeError if malformed.
+    A flow input after the request stays JSON text (decoded on first use)."""
+    end = body.find(NEWLINE)
+    head, flow_input = (body, None) if end < 0 else (body[:end], body[end + 1:])
+    data = orjson.loads(head)
     return ClaimedTask(
         task_id=data["task_id"], token=data["token"], run_id=uuid.UUID(data["run_id"]),
         flow_slug=data["flow_slug"], step_slug=data["step_slug"],
         task_index=data["task_index"], attempt=data["attempt"], timeout_ms=data["timeout_ms"],
         input=data["input"], input_is_flow_input=data["input_is_flow_input"],
+        flow_input_json=flow_input,
     )
 
 

@@ -7,6 +7,11 @@ all idempotent (start_flow always sends a run id), so a call that fails with
 a connection error is retried once on a fresh connection. A Client is not
 meant to be shared between threads without a lock of your own; it takes one
 anyway so misuse cannot interleave statements.
+
+Behind a transaction pooler (`pooler="transaction"`) the Client keeps nothing
+across transactions: no prepared statements, and `wait` does not LISTEN
+there; it listens on `listen_dsn` (Postgres itself, or a session pooler)
+when given one, else it polls.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ RUNS_CHANNEL = "pgflow_runs"
 # How often wait() re-reads the run when no notification came (lost
 # notifications, a dropped listener); notifications wake it sooner.
 WAIT_RECHECK_SECONDS = 2.0
+# Without notifications (a transaction pooler and no listen_dsn), wait()
+# re-reads the run after 50 ms, then twice as long each time up to this.
+WAIT_POLL_SECONDS = 0.5
+WAIT_FIRST_POLL_SECONDS = 0.05
 
 # The largest run input start_flow accepts, as JSON. A run's input is stored
 # once but read again for every root step's claim (and by ctx.flow_input),
@@ -63,15 +72,27 @@ MAX_BATCH_BYTES = 256 * 1024 * 1024
 
 class Client:
     def __init__(self, dsn: str, *, application_name: str = "pgflow client",
+                 pooler: db.Pooler = "none", listen_dsn: str | None = None,
                  max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> None:
+        """`pooler` says what `dsn` goes through: "none" (Postgres itself),
+        "session" or "transaction" (a pooler such as PgBouncer in that pool
+        mode). `listen_dsn`: where wait() listens for finished runs (default:
+        `dsn`, except through a transaction pooler, where wait() polls).
+        `max_input_bytes`: the largest run input start_flow accepts, as JSON."""
+        if pooler not in db.POOLERS:
+            raise ValueError(f"Client(): pooler must be one of {', '.join(db.POOLERS)}, "
+                             f"got {pooler!r}")
         if isinstance(max_input_bytes, bool) or not isinstance(max_input_bytes, int) \
                 or not 1 <= max_input_bytes <= MAX_INPUT_BYTES_LIMIT:
             raise ValueError(f"Client(): max_input_bytes must be an int from 1 to "
                              f"{MAX_INPUT_BYTES_LIMIT:,} (jsonb's limit), got {max_input_bytes!r}")
         self.dsn = dsn
         self.application_name = application_name
+        self.pooler: db.Pooler = pooler
+        self.listen_dsn = listen_dsn
         self.max_input_bytes = max_input_bytes
         self._conn: psycopg.Connection | None = None
+        self._listen_conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
 
     # -- connection -----------------------------------------------------------
@@ -84,9 +105,10 @@ class Client:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in (self._conn, self._listen_conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._listen_conn = None
 
     def connection(self) -> psycopg.Connection:
         """The live connection, (re)opened if needed."""
@@ -94,8 +116,21 @@ class Client:
             conn = self._conn
             if conn is None or not db.is_live(conn):
                 db.close_quietly(conn)
-                conn = self._conn = db.connect(self.dsn, self.application_name)
+                conn = self._conn = db.connect(self.dsn, self.application_name,
+                                               pooler=self.pooler)
             return conn
+
+    def _listening_connection(self) -> psycopg.Connection | None:
+        """Where wait() LISTENs: its own connection to listen_dsn, the main
+        connection, or none (through a transaction pooler without listen_dsn)."""
+        if self.listen_dsn is None:
+            return None if self.pooler == "transaction" else self.connection()
+        conn = self._listen_conn
+        if conn is None or not db.is_live(conn):
+            db.close_quietly(conn)
+            conn = self._listen_conn = db.connect(self.listen_dsn,
+                                                  f"{self.application_name} (listen)")
+        return conn
 
     def _call(self, operation: Callable[[psycopg.Connection], T]) -> T:
         with self._lock:
@@ -109,7 +144,7 @@ class Client:
                 except psycopg.errors.InsufficientPrivilege as exc:
                     raise _permission_denied(conn, exc) from None
                 except psycopg.Error as exc:
-                    translated = db.engine_error(exc)
+                    translated = db.engine_error(exc) or db.pooler_error(exc)
                     if translated is not None:
                         raise translated from None
                     raise
@@ -316,8 +351,11 @@ class Client:
         """Block until the run is completed, failed or cancelled and return it.
 
         Woken by the engine's NOTIFY on run completion; re-reads the run every
-        few seconds in case a notification was lost. Raises TimeoutError after
-        `timeout` seconds (0: check once). A negative or non-finite timeout is a ValueError.
+        few seconds in case a notification was lost. Through a transaction
+        pooler without `listen_dsn` it polls instead: after 50 ms, then twice
+        as long each time, at most every 0.5 s. Raises TimeoutError after
+        `timeout` seconds (0: check once). A negative or non-finite timeout is
+        a ValueError.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
                 or not math.isfinite(timeout) or timeout < 0:
@@ -329,16 +367,25 @@ class Client:
             while True:
                 remaining = deadline - time.monotonic()
                 try:
-                    return self._wait_listening(run_uuid, timeout, deadline)
+                    return self._wait_once(run_uuid, timeout, deadline)
                 except psycopg.OperationalError:
-                    if remaining <= 0 or not (self._conn is None or self._conn.broken):
+                    if remaining <= 0 or not self._connection_lost():
                         raise
                     # The server went away (restart, failover): retry on a new connection.
                     time.sleep(min(0.5, max(remaining, 0)))
 
-    def _wait_listening(self, run_uuid: uuid.UUID, timeout: float, deadline: float) -> Run:
-        conn = self.connection()
-        conn.execute(f"listen {RUNS_CHANNEL}")
+    def _connection_lost(self) -> bool:
+        """A connection wait() uses is gone, or could not be opened."""
+        if self._conn is None or self._conn.broken:
+            return True
+        return self.listen_dsn is not None and (self._listen_conn is None
+                                                or self._listen_conn.broken)
+
+    def _wait_once(self, run_uuid: uuid.UUID, timeout: float, deadline: float) -> Run:
+        listener = self._listening_connection()
+        if listener is not None:
+            listener.execute(f"listen {RUNS_CHANNEL}")
+        poll = WAIT_FIRST_POLL_SECONDS
         try:
             while True:
                 run = self.get_run(run_uuid)
@@ -350,10 +397,15 @@ class Client:
                         f"Run {run_uuid} of flow {run.flow_slug!r} is still {run.status} "
                         f"after {timeout:g}s"
                     )
-                _wait_for_mention(conn, str(run_uuid), min(remaining, WAIT_RECHECK_SECONDS))
+                if listener is None:
+                    time.sleep(min(remaining, poll))
+                    poll = min(poll * 2, WAIT_POLL_SECONDS)
+                else:
+                    _wait_for_mention(listener, str(run_uuid),
+                                      min(remaining, WAIT_RECHECK_SECONDS))
         finally:
-            if not (conn.closed or conn.broken):
-                conn.execute(f"unlisten {RUNS_CHANNEL}")
+            if listener is not None and not (listener.closed or listener.broken):
+                listener.execute(f"unlisten {RUNS_CHANNEL}")
 
     def cancel_run(self, run_id: uuid.UUID | str) -> Run:
         """Cancel a run: queued tasks are cancelled; running ones are cancelled

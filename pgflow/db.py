@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 import orjson
 import psycopg
@@ -52,14 +53,38 @@ def conninfo(dsn: str, application_name: str) -> str:
     return make_conninfo(dsn, **extra)
 
 
-def connect(dsn: str, application_name: str, **kwargs: object) -> psycopg.Connection:
+# What a connection string leads to: Postgres itself ("none"), or a pooler
+# such as PgBouncer in that pool mode. Through a transaction pooler each
+# transaction may run on another server session, so nothing may outlive a
+# transaction: no prepared statements (psycopg prepares a statement run five
+# times), no LISTEN, no session settings (pgflow never sends those, not even
+# as startup parameters, which PgBouncer refuses). "session" behaves like
+# "none": a session pooler keeps one server session per client session.
+Pooler = Literal["none", "session", "transaction"]
+POOLERS: tuple[Pooler, ...] = ("none", "session", "transaction")
+
+
+def connect(dsn: str, application_name: str, *, pooler: Pooler = "none",
+            **kwargs: object) -> psycopg.Connection:
     """An autocommit connection that reads and writes JSON with orjson, with
-    pgflow's connection defaults (see CONNECTION_DEFAULTS)."""
+    pgflow's connection defaults (see CONNECTION_DEFAULTS); through a
+    transaction pooler, one that never prepares statements."""
+    if pooler == "transaction":
+        kwargs.setdefault("prepare_threshold", None)
     conn = psycopg.connect(conninfo(dsn, application_name), autocommit=True,
                            **kwargs)  # type: ignore[arg-type]
     set_json_loads(orjson.loads, conn)
     set_json_dumps(orjson.dumps, conn)
+    if pooler == "transaction":
+        # A server session another client LISTENed on through the pooler
+        # delivers its notifications to whoever it serves next; psycopg would
+        # keep every one of them (it queues notifications nobody handles).
+        conn.add_notify_handler(_ignore_notification)
     return conn
+
+
+def _ignore_notification(notify: psycopg.Notify) -> None:
+    pass
 
 
 def engine_error(exc: psycopg.Error) -> PgflowError | None:
@@ -72,6 +97,25 @@ def engine_error(exc: psycopg.Error) -> PgflowError | None:
     if diag.message_hint:
         message = f"{message}. {diag.message_hint}"
     return kind(message)
+
+
+# SQLSTATEs a transaction pooler causes when a client keeps prepared
+# statements across transactions: another client's statement of the same name
+# already exists in the server session it got, or its own is in another one.
+_PREPARED_STATEMENT_ERRORS = {"26000", "42P05"}
+
+
+def pooler_error(exc: psycopg.Error) -> PgflowError | None:
+    """A PgflowError saying what went wrong, for an error that means the
+    connection goes through a transaction pooler that pgflow was not told
+    about (psycopg's prepared statements "_pg3_N" do not survive it); else None."""
+    if exc.sqlstate not in _PREPARED_STATEMENT_ERRORS or "_pg3_" not in str(exc):
+        return None
+    return PgflowError(
+        f"{str(exc).strip()}: the connection seems to go through a transaction "
+        "pooler (PgBouncer with pool_mode = transaction), where a prepared statement does "
+        "not outlive its transaction. Tell pgflow so: Client(..., pooler=\"transaction\"), "
+        "or PGFLOW_POOLER=transaction for the pgflow command")
 
 
 def is_live(conn: psycopg.Connection | None) -> bool:

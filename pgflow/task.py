@@ -26,6 +26,10 @@ class ClaimedTask:
     input_is_flow_input: bool = False
     # Seconds the task had been visible (claimable) when it was claimed.
     waited_s: float = 0.0
+    # The run's input as JSON text, when the claim carried it for a task whose
+    # input is something else (it does for small inputs): ctx.flow_input then
+    # decodes it instead of querying.
+    flow_input_json: str | bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """A dict that orjson can encode (run_id as str). Built by hand:
@@ -37,6 +41,9 @@ class ClaimedTask:
             "step_slug": self.step_slug, "task_index": self.task_index, "attempt": self.attempt,
             "timeout_ms": self.timeout_ms, "input": self.input,
             "input_is_flow_input": self.input_is_flow_input, "waited_s": self.waited_s,
+            "flow_input_json": (self.flow_input_json.decode()
+                                if isinstance(self.flow_input_json, bytes)
+                                else self.flow_input_json),
         }
 
     @classmethod

@@ -54,7 +54,7 @@ def claim(
     rows = _rows(conn, "claim", (worker_id, list(flows), limit, lease_grace))
     tasks, undecodable = [], []
     for task_id, token, run_id, flow, step, index, attempt, timeout_ms, input, is_flow_input, \
-            waited in rows:
+            waited, flow_input in rows:
         try:
             value = orjson.loads(input)
         except orjson.JSONDecodeError as exc:
@@ -65,7 +65,7 @@ def claim(
                                 {"type": "InputNotDecodable"}))
             continue
         tasks.append(ClaimedTask(task_id, token, run_id, flow, step, index, attempt, timeout_ms,
-                                 value, is_flow_input, waited))
+                                 value, is_flow_input, waited, flow_input))
     fail(conn, undecodable)
     return tasks
 

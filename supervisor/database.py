@@ -11,6 +11,15 @@
 Both connect without blocking the loop, are lost together, and come back
 together with exponential backoff. While they are down nothing else stops:
 executors run, answers are kept, the watchdog is fed.
+
+Notifications need a real server session: through a transaction pooler a
+LISTEN stays behind in whichever server session ran it, and what it hears
+goes nowhere. So the second connection may not listen at all (`listens`
+False: the database URL goes through a transaction pooler and no listen URL
+was given; it then only runs maintenance statements), and after each LISTEN
+the working connection sends a probe notification that must come back within
+PROBE_TIMEOUT. When notifications cannot arrive, `poll_interval` is the
+short one, and the log says why, once.
 """
 
 from __future__ import annotations
@@ -18,11 +27,13 @@ from __future__ import annotations
 import logging
 import selectors
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from supervisor.backoff import Backoff
 from supervisor.metrics import Metrics
-from supervisor.pgconn import ConnectionLost, PgConn, State, Transaction
+from supervisor.pgconn import ConnectionLost, PgConn, State, Statement, Transaction
+from supervisor.rounds import LOCK_TIMEOUT, STATEMENT_TIMEOUT
 
 log = logging.getLogger("pgflow.supervisor")
 
@@ -30,6 +41,12 @@ TASKS_CHANNEL = "pgflow_tasks"
 CANCEL_CHANNEL = "pgflow_cancel"
 # A connection attempt that has not finished by then is given up and retried.
 CONNECT_TIMEOUT = 10.0
+# A probe notification that has not come back by then is taken as proof that
+# notifications cannot arrive on the listening connection.
+PROBE_TIMEOUT = 5.0
+# Probe payloads cannot be flow slugs (those match ^[a-zA-Z_][a-zA-Z0-9_]*$),
+# so other supervisors, of any version, ignore them.
+PROBE_PREFIX = "probe:"
 
 
 class Database:
@@ -43,14 +60,21 @@ class Database:
         on_up: Callable[[], None],
         on_tasks: Callable[[set[str]], None],
         on_cancel: Callable[[set[str]], None],
+        listens: bool = True,
+        poll_interval: float = 10.0,
+        poll_interval_without_notifications: float = 0.5,
     ) -> None:
         self.work = PgConn(conninfo, pipeline=True)
         self.listen = PgConn(listen_conninfo, pipeline=False)
+        # False: notifications cannot arrive (a transaction pooler, no listen URL).
+        self.listens = listens
         self._selector = selector
         self._metrics = metrics
         self._on_up = on_up
         self._on_tasks = on_tasks
         self._on_cancel = on_cancel
+        self._poll_interval = poll_interval
+        self._poll_interval_without_notifications = poll_interval_without_notifications
         self._fds: dict[PgConn, int] = {}
         self._backoff = Backoff(0.2, 10.0)
         self.up = False
@@ -60,6 +84,13 @@ class Database:
         self.next_connect = 0.0
         self._connect_deadline = 0.0
         self.last_error = ""
+        # True once a probe came back, False when one did not (or there is
+        # no listener), None before the first probe's verdict.
+        self.notifications_arrive: bool | None = None if listens else False
+        self._probe_payload = ""
+        self._probe_due = False
+        self._probe_deadline: float | None = None
+        self._said_deaf = False
 
     # -- state -------------------------------------------------------------------
 
@@ -70,18 +101,27 @@ class Database:
 
     @property
     def ready(self) -> bool:
-        return self.up and self.listening
+        return self.up and (self.listening or not self.listens)
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between fallback polls: short when notifications cannot arrive."""
+        if self.notifications_arrive is False:
+            return self._poll_interval_without_notifications
+        return self._poll_interval
 
     def next_wakeup(self) -> float | None:
         if self.up:
-            return None
+            return self._probe_deadline
         return self._connect_deadline if self._attempting else self.next_connect
 
     # -- connecting ----------------------------------------------------------------
 
     def service(self, now: float) -> None:
-        """Start a connection attempt when one is due; give up a stuck one."""
+        """Start a connection attempt when one is due; give up a stuck one;
+        send the probe notification, and judge it when its time is up."""
         if self.up:
+            self._service_probe(now)
             return
         if self._attempting:
             if now >= self._connect_deadline:
@@ -101,8 +141,16 @@ class Database:
 
     def _on_connected(self) -> None:
         """Both connections finished connecting: listen, then say we are up."""
-        self.listen.send_simple(f"listen {TASKS_CHANNEL}; listen {CANCEL_CHANNEL}",
-                                self._on_listening)
+        if self.listens:
+            self.listen.send_simple(f"listen {TASKS_CHANNEL}; listen {CANCEL_CHANNEL}",
+                                    self._on_listening)
+        elif not self._said_deaf:
+            self._said_deaf = True
+            log.info("not listening for notifications: the database URL goes through a "
+                     "transaction pooler (--pooler transaction) and no --listen-url is set; "
+                     "polling for tasks every %gs (--poll-interval-without-notifications). "
+                     "Set --listen-url to Postgres itself or to a session pooler to be woken "
+                     "at once.", self._poll_interval_without_notifications)
         if self.next_connect or self._backoff.failures:
             log.info("database connection restored")
         self._attempting = False
@@ -117,6 +165,7 @@ class Database:
             self.lost(f"LISTEN failed: {result}")
         else:
             self.listening = True
+            self._probe_due = True
 
     def lost(self, reason: str) -> None:
         """Drop both connections and schedule the next attempt."""
@@ -125,11 +174,58 @@ class Database:
         self.last_error = reason
         self.up = self.listening = self._attempting = False
         self._round_sent_at = None
+        self._probe_due = False
+        self._probe_deadline = None
         self.work.close()
         self.listen.close()
         self._watch()
         self._metrics.set_database_connected(False)
         self.next_connect = time.monotonic() + self._backoff.next_delay()
+
+    # -- the probe -----------------------------------------------------------------
+
+    def _service_probe(self, now: float) -> None:
+        if self._probe_due and self.work.idle:
+            self._probe_due = False
+            self._probe_payload = f"{PROBE_PREFIX}{uuid.uuid4()}"
+            notify = Statement(b"select pg_notify($1, $2)", (TASKS_CHANNEL, self._probe_payload),
+                               self._on_probe_sent)
+            self.work.send([Transaction([notify], {"lock_timeout": LOCK_TIMEOUT,
+                                                   "statement_timeout": STATEMENT_TIMEOUT})])
+            self._after_io()
+        elif self._probe_deadline is not None and now >= self._probe_deadline:
+            self._probe_deadline = None
+            self._probe_lost()
+
+    def _on_probe_sent(self, result: object) -> None:
+        if isinstance(result, ConnectionLost):
+            return  # probed again after the reconnect
+        if isinstance(result, Exception):
+            log.warning("could not send the notification that checks the listening "
+                        "connection (%s); trying again after the next reconnect", result)
+            return
+        self._probe_deadline = time.monotonic() + PROBE_TIMEOUT
+
+    def _probe_arrived(self) -> None:
+        self._probe_deadline = None
+        if self.notifications_arrive is False:
+            log.info("notifications arrive again on the listening connection; fallback "
+                     "polls every %gs again", self._poll_interval)
+        self.notifications_arrive = True
+
+    def _probe_lost(self) -> None:
+        was = self.notifications_arrive
+        self.notifications_arrive = False
+        if was is False or self._said_deaf:
+            return
+        self._said_deaf = True
+        log.warning("a notification sent on the database connection did not arrive on the "
+                    "listening connection within %gs: the listen URL (--listen-url, default "
+                    "the database URL) seems to go through a transaction pooler, where LISTEN "
+                    "cannot work. Polling for tasks every %gs instead "
+                    "(--poll-interval-without-notifications). Point --listen-url at Postgres "
+                    "itself or at a session pooler, and say --pooler transaction.",
+                    PROBE_TIMEOUT, self._poll_interval_without_notifications)
 
     # -- rounds --------------------------------------------------------------------
 
@@ -181,6 +277,11 @@ class Database:
         cancelled = {run_id for channel, payload in self.listen.notifies
                      if channel == CANCEL_CHANNEL for run_id in payload.split(",") if run_id}
         self.listen.notifies.clear()
+        probes = {payload for payload in flows if payload.startswith(PROBE_PREFIX)}
+        if probes:
+            flows -= probes
+            if self._probe_payload in probes:
+                self._probe_arrived()
         if flows:
             self._on_tasks(flows)
         if cancelled:

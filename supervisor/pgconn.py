@@ -221,7 +221,11 @@ class PgConn:
         assert pgconn is not None
         pgconn.consume_input()
         while (notify := pgconn.notifies()) is not None:
-            self.notifies.append((notify.relname.decode(), notify.extra.decode()))
+            # Only the listening connection keeps them. Through a transaction
+            # pooler the working connection may be served by a session that
+            # someone else LISTENed on, and would otherwise pile up theirs.
+            if not self._pipeline:
+                self.notifies.append((notify.relname.decode(), notify.extra.decode()))
         while self._waiting and not pgconn.is_busy():
             result = pgconn.get_result()
             head = self._waiting[0]

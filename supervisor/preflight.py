@@ -23,6 +23,7 @@ EXIT_RETRY = 1
 EXIT_CONFIG = 78
 
 URL_SETTING = "PGFLOW_DATABASE_URL / --database-url"
+LISTEN_URL_SETTING = "PGFLOW_LISTEN_URL / --listen-url"
 
 
 class Problem(Exception):
@@ -44,6 +45,25 @@ _CONFIG_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"invalid (integer|connection option|sslmode|value)|invalid URI|missing \"=\"",
                 re.I), "it is not a valid connection string; expected "
                        "postgresql://user:password@host:5432/dbname"),
+    # PgBouncer's own refusals: the pooler answered, Postgres was never asked.
+    (re.compile(r"unsupported startup parameter", re.I),
+     "a connection pooler (PgBouncer) refused a session setting the URL sends at connection "
+     "time (options=-c ... or a parameter libpq sends as a startup parameter); take it out of "
+     "the URL, or list it in the pooler's ignore_startup_parameters. pgflow needs none: it "
+     "sets its timeouts inside each transaction"),
+    (re.compile(r"no such database|no such user", re.I),
+     "the connection pooler (PgBouncer) has no such database or user: add it to the pooler's "
+     "[databases] section or auth_file, or check the name in the URL"),
+]
+
+# Refusals a restart may outlive, with what to check.
+_RETRY_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"pgbouncer cannot connect to server|server login has been failing", re.I),
+     "the connection pooler (PgBouncer) answered but cannot reach Postgres; check the "
+     "pooler's [databases] entry and that Postgres is running"),
+    (re.compile(r"no more connections allowed", re.I),
+     "the connection pooler (PgBouncer) is full (max_client_conn); raise it, or use fewer "
+     "connections"),
 ]
 
 
@@ -63,6 +83,10 @@ def explain(exc: BaseException, url: str, setting: str = URL_SETTING) -> Problem
         if pattern.search(reason):
             return Problem(f"cannot connect to the database ({where}): {reason}; {advice}",
                            EXIT_CONFIG)
+    for pattern, advice in _RETRY_PATTERNS:
+        if pattern.search(reason):
+            return Problem(f"cannot connect to the database ({where}): {reason}; {advice} "
+                           "(this may pass: retrying can help)", EXIT_RETRY)
     return Problem(f"cannot connect to the database ({where}): {reason}; check that Postgres "
                    "is running and that host and port are right (this may pass: retrying can help)",
                    EXIT_RETRY)

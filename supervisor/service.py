@@ -63,6 +63,7 @@ def _info(settings: Settings) -> dict[str, str]:
         "max_tasks_per_child": str(s.max_tasks_per_child),
         "max_memory_per_child_mib": str(s.max_memory_per_child),
         "shutdown_timeout_s": str(s.shutdown_timeout),
+        "pooler": s.pooler, "listens": str(s.listen_target() is not None).lower(),
     }
 
 
@@ -90,10 +91,14 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
             log.info("stopped the running tasks of %d cancelled runs", len(run_ids))
 
     name = f"pgflow supervisor {settings.hostname}"
+    listen_url = settings.listen_target()
     database = Database(conninfo(settings.database_url, name),
-                        conninfo(settings.listen_url or settings.database_url, name),
+                        conninfo(listen_url or settings.database_url, name),
                         selector, metrics, on_up=rounds.on_database_up,
-                        on_tasks=rounds.on_notified, on_cancel=cancelled)
+                        on_tasks=rounds.on_notified, on_cancel=cancelled,
+                        listens=listen_url is not None, poll_interval=settings.poll_interval,
+                        poll_interval_without_notifications=(
+                            settings.poll_interval_without_notifications))
     supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
                             signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
                             answers=answers, buffer=buffer, notifier=notifier, http=None,

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pgflow.db import Pooler
 from supervisor import durations
 
 HOUR = 3600.0
@@ -28,10 +29,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PGFLOW_", extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(description="Postgres connection string")
+    pooler: Pooler = Field(
+        default="none",
+        description="what the database URL goes through: none (Postgres itself), session or "
+        "transaction (a pooler such as PgBouncer in that pool mode); through a transaction "
+        "pooler nothing is kept across transactions and nothing LISTENs there",
+    )
     listen_url: str | None = Field(
         default=None,
-        description="connection string for LISTEN/NOTIFY when the database URL goes through a "
-        "transaction pooler (default: the database URL)",
+        description="connection string for LISTEN (Postgres itself, or a session pooler); "
+        "default: the database URL, or none with --pooler transaction (then the supervisor "
+        "polls)",
     )
     # NoDecode: PGFLOW_FLOWS is "a,b", not JSON.
     flows: Annotated[list[str], NoDecode] = Field(
@@ -59,6 +67,11 @@ class Settings(BaseSettings):
                                       description="seconds between heartbeats (lease renewals)")
     poll_interval: float = Field(default=10.0, gt=0, le=HOUR,
                                  description="fallback poll for lost notifications")
+    poll_interval_without_notifications: float = Field(
+        default=0.5, gt=0, le=HOUR,
+        description="seconds between polls when notifications cannot arrive (--pooler "
+        "transaction without --listen-url, or none came through the listening connection)",
+    )
     kill_grace: float = Field(
         default=0.5, ge=0, le=HOUR, description="seconds after a task's timeout before its executor is killed"
     )
@@ -92,6 +105,13 @@ class Settings(BaseSettings):
         default="text", description="text, or json: one JSON object per line for log shippers")
     hostname: str = Field(default_factory=socket.gethostname,
                           description="this machine's name in pgflow.workers (default: the host name)")
+
+    def listen_target(self) -> str | None:
+        """The URL to LISTEN on; None when notifications cannot arrive (the
+        database URL goes through a transaction pooler and no listen URL is set)."""
+        if self.listen_url:
+            return self.listen_url
+        return None if self.pooler == "transaction" else self.database_url
 
     @field_validator("flows", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 import psycopg
 
-from pgflow import Client, Flow, worker_api
+from pgflow import Client, Flow, db, worker_api
 from supervisor import preflight
 from supervisor.backoff import Backoff
 from supervisor.metrics import Metrics
@@ -39,11 +39,12 @@ def prepare(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
     started = time.monotonic()
     while True:
         try:
-            return _prepare_once(settings, flows, metrics)
-        except psycopg.OperationalError as exc:
-            problem = preflight.explain(exc, settings.database_url)
+            warnings = _prepare_once(settings, flows, metrics)
+            _check_listen_url(settings)
+            return warnings
+        except Problem as problem:
             if problem.exit_code == EXIT_CONFIG:
-                raise problem from None
+                raise
             waited = time.monotonic() - started
             if settings.startup_timeout and waited >= settings.startup_timeout:
                 raise Problem(f"{problem} (gave up after {waited:.0f}s, --startup-timeout)",
@@ -58,17 +59,32 @@ def prepare(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
 
 def _prepare_once(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics) -> list[str]:
     name = f"pgflow supervisor {settings.hostname}"
-    with Client(settings.database_url, application_name=name) as client:
-        if settings.migrate:
-            applied = client.migrate()
-            if applied:
-                log.info("applied migrations: %s", ", ".join(applied))
-        else:
-            preflight.check_schema(client.connection())
-        for flow in flows.values():
-            log.info("flow %r: %s", flow.slug, client.register(flow))
-            metrics.declare_flow(flow.slug, list(flow.steps))
-        return worker_api.server_warnings(client.connection())
+    try:
+        with Client(settings.database_url, application_name=name,
+                    pooler=settings.pooler) as client:
+            if settings.migrate:
+                applied = client.migrate()
+                if applied:
+                    log.info("applied migrations: %s", ", ".join(applied))
+            else:
+                preflight.check_schema(client.connection())
+            for flow in flows.values():
+                log.info("flow %r: %s", flow.slug, client.register(flow))
+                metrics.declare_flow(flow.slug, list(flow.steps))
+            return worker_api.server_warnings(client.connection())
+    except psycopg.OperationalError as exc:
+        raise preflight.explain(exc, settings.database_url) from None
+
+
+def _check_listen_url(settings: Settings) -> None:
+    """Connect once to a listen URL of its own, so a mistake in it is named
+    at start rather than retried for ever by the loop."""
+    if not settings.listen_url:
+        return
+    try:
+        db.connect(settings.listen_url, f"pgflow supervisor {settings.hostname}").close()
+    except psycopg.OperationalError as exc:
+        raise preflight.explain(exc, settings.listen_url, preflight.LISTEN_URL_SETTING) from None
 
 
 def _sleep_feeding_watchdog(notifier: Notifier, seconds: float,

@@ -96,7 +96,7 @@ class Supervisor:
         self.signals.install()
         self.signals.register(self.selector)
         now = self.clock()
-        for name, interval in (("poll", s.poll_interval), ("queue_stats", 0.0),
+        for name, interval in (("poll", self.database.poll_interval), ("queue_stats", 0.0),
                                ("heartbeat", s.heartbeat_interval)):
             self.timers.set(name, now + interval)
         if self.notifier.watchdog_interval():
@@ -318,7 +318,7 @@ class Supervisor:
         for name in self.timers.pop_due(now):
             if name == "poll":
                 self.rounds.wake("poll")
-                self.timers.set("poll", now + s.poll_interval)
+                self.timers.set("poll", now + self.database.poll_interval)
             elif name == "due":
                 self.rounds.wake("timer")
             elif name == "heartbeat":
@@ -348,6 +348,8 @@ class Supervisor:
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None
+        # Sooner when notifications turn out not to arrive.
+        self.timers.set_earlier("poll", now + self.database.poll_interval)
 
     def _update_gauges(self) -> None:
         idle, busy, waiting = self.pool.counts()

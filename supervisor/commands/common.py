@@ -16,13 +16,18 @@ from typing import Any
 
 from rich.console import Console
 
-from pgflow import Client
+from pgflow import Client, db
 from supervisor import durations, preflight
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=os.environ.get("PGFLOW_DATABASE_URL"),
                         help="Postgres connection string (default: $PGFLOW_DATABASE_URL)")
+    parser.add_argument("--pooler", choices=db.POOLERS,
+                        default=os.environ.get("PGFLOW_POOLER", "none").lower(),
+                        help="what the URL goes through: none (Postgres itself), session or "
+                        "transaction (a pooler in that pool mode) (default: $PGFLOW_POOLER or "
+                        "none)")
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +38,17 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 def client(args: argparse.Namespace, *, need_schema: bool = True) -> Iterator[Client]:
     """A Client on a database that answered and (by default) has the current schema;
     a preflight.Problem otherwise."""
+    if args.pooler not in db.POOLERS:  # a bad $PGFLOW_POOLER (argparse checks only --pooler)
+        raise preflight.Problem(f"PGFLOW_POOLER / --pooler = {args.pooler!r}: expected one of "
+                                f"{', '.join(db.POOLERS)}", preflight.EXIT_CONFIG)
     conn = preflight.connect(args.database_url, f"pgflow {args.command}")
     try:
         if need_schema:
             preflight.check_schema(conn, hint="run `pgflow migrate`")
     finally:
         conn.close()
-    with Client(args.database_url, application_name=f"pgflow {args.command}") as c:
+    with Client(args.database_url, application_name=f"pgflow {args.command}",
+                pooler=args.pooler) as c:
         yield c
 
 

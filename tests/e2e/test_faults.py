@@ -179,11 +179,13 @@ def test_an_executor_reconnects_after_a_database_restart_without_failing_an_atte
     with Client(dsn) as client:
         client.migrate()
         start_supervisor(dsn, processes=1)
-        before = client.wait(client.start_flow("e2e_reads_input", {"n": 1}), timeout=20)
+        # Too large for the claim to carry: the executor reads it over its connection.
+        pad = "x" * 5000
+        before = client.wait(client.start_flow("e2e_reads_input", {"n": 1, "pad": pad}), 20)
         restart(down_for=0.5)
-        after = client.wait(client.start_flow("e2e_reads_input", {"n": 2}), timeout=60)
-    assert before.output == {"uses_flow_input": {"n": 1}}
-    assert after.output == {"uses_flow_input": {"n": 2}}
+        after = client.wait(client.start_flow("e2e_reads_input", {"n": 2, "pad": pad}), 60)
+    assert before.output == {"uses_flow_input": {"n": 1, "pad": pad}}
+    assert after.output == {"uses_flow_input": {"n": 2, "pad": pad}}
     assert query(dsn, "select count(*) from pgflow.tasks where errors <> '[]'") == [(0,)], \
         "the executor's dropped connection did not cost an attempt"
 

@@ -94,6 +94,7 @@ class FakeDatabase:
     up: bool = True
     idle: bool = True
     ready: bool = True
+    poll_interval: float = 10.0
     rounds: list[list[Any]] = field(default_factory=list)
 
     def service(self, now: float) -> None: ...
@@ -303,3 +304,17 @@ def test_a_failing_claim_is_retried_a_second_later_not_at_once(loop: Supervisor)
     claim.on_result(StatementError("XX000", "boom"))
     assert loop.rounds.dirty is False
     assert loop.rounds.next_due is not None and loop.rounds.next_due > 0
+
+
+def test_polls_come_sooner_once_notifications_cannot_arrive(loop: Supervisor) -> None:
+    loop.tick()
+    assert loop.timers.get("poll") == loop.clock() + 10.0
+    loop.database.poll_interval = 0.5  # type: ignore[misc]  # a probe notification was lost
+    loop.tick()
+    assert loop.timers.get("poll") == loop.clock() + 0.5
+    loop.rounds.dirty = False
+    sent = len(loop.database.rounds)  # type: ignore[attr-defined]
+    loop.clock.now += 0.5  # type: ignore[attr-defined]
+    loop.tick()
+    assert "claim" in statements(loop.database.rounds[sent]), "the poll claims"  # type: ignore[attr-defined]
+    assert loop.timers.get("poll") == loop.clock() + 0.5

@@ -205,3 +205,28 @@ def start(input, ctx):
 @reads_input.step(depends_on=["start"])
 def uses_flow_input(deps, ctx):
     return ctx.flow_input
+
+
+reads_flow_input = Flow("e2e_flow_input", max_attempts=1)
+
+
+@reads_flow_input.step()
+def measure(input, ctx):
+    return len(input["pad"])
+
+
+@reads_flow_input.step(depends_on=["measure"])
+def recall(deps, ctx):
+    """A dependent step reading ctx.flow_input: carried by the claim when the
+    run's input is small, else read by the executor over its own connection."""
+    return {"tag": ctx.flow_input["tag"], "length": deps["measure"]}
+
+
+@reads_flow_input.step()
+def indexes(input, ctx):
+    return [0, 1, 2]
+
+
+@reads_flow_input.map(array="indexes")
+def each(item, ctx):
+    return [item, ctx.flow_input["tag"]]

@@ -124,7 +124,7 @@ class Metrics:
             "pgflow_executor_restarts",
             "Executor children replaced, by reason: timeout (killed at a deadline), crash (died "
             "unexpectedly), recycle (max tasks or memory reached), scale (pool resized), cancel "
-            "(killed because its task's run was cancelled).",
+            "(killed because its task's run was cancelled, or its claim was lost).",
             ["reason"],
             registry=r,
         )

@@ -210,10 +210,19 @@ class Pool:
 
     def kill_runs(self, run_ids: set[str], now: float) -> int:
         """Stop the handlers running tasks of these (cancelled) runs."""
+        return self._kill_running_where(lambda task: task.run_id in run_ids, now)
+
+    def kill_lost(self, task_ids: set[int], now: float) -> int:
+        """Stop the handlers running tasks this supervisor no longer holds (the
+        heartbeat says so: their run was cancelled, or their lease lapsed and
+        another claim took them): their answers would be refused."""
+        return self._kill_running_where(lambda task: task.task_id in task_ids, now)
+
+    def _kill_running_where(self, condition: Callable[[HeldTask], bool], now: float) -> int:
         killed = 0
         for child in self.busy():
             running = child.running
-            if running is None or running.run_id not in run_ids:
+            if running is None or not condition(running):
                 continue
             started = child.running_since
             child.tasks.popleft()

@@ -57,12 +57,14 @@ SCHEDULE_PAUSE = 0.2
 class Rounds:
     def __init__(self, settings: Settings, flows: Sequence[str], metrics: Metrics,
                  buffer: collections.deque[HeldTask], held: Callable[[], list[HeldTask]],
-                 worker_id: uuid.UUID | None = None, scheduler: Scheduler | None = None) -> None:
+                 worker_id: uuid.UUID | None = None, scheduler: Scheduler | None = None,
+                 on_lost: Callable[[set[int]], object] | None = None) -> None:
         self._settings = settings
         self._flows = list(flows)
         self._metrics = metrics
         self._buffer = buffer
         self._held = held
+        self._on_lost = on_lost
         self.worker_id = worker_id or uuid.uuid4()
         self.dirty = True  # claimable tasks may be waiting
         self.next_due: float | None = None  # monotonic time the next delayed task is due
@@ -272,6 +274,8 @@ class Rounds:
             self._buffer.extend(kept)
             log.warning("dropped %d buffered tasks that are no longer ours (their lease "
                         "expired and another claim took them, or their run ended)", dropped)
+        if self._on_lost is not None:
+            self._on_lost(lost)
 
     def drop_runs(self, run_ids: set[str]) -> None:
         """Drop buffered tasks of runs whose tasks were cancelled, giving them

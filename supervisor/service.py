@@ -83,7 +83,14 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
         in_executors = [t for child in pool.children.values() for t in child.tasks]
         return [*buffer, *in_executors, *answers.held(), *rounds.releases]
 
-    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows))
+    def lost(task_ids: set[int]) -> None:
+        # Without notifications (a transaction pooler and no --listen-url) this
+        # is how a cancel reaches running handlers: at the next heartbeat.
+        if pool.kill_lost(task_ids, time.monotonic()):
+            log.info("stopped running tasks that are no longer ours (cancelled, or taken over)")
+
+    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows),
+                    on_lost=lost)
 
     def cancelled(run_ids: set[str]) -> None:
         rounds.drop_runs(run_ids)

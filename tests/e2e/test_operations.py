@@ -157,3 +157,19 @@ def test_a_supervisor_that_cannot_serve_leaves_no_live_worker(dsn, start_supervi
     assert "metrics" in supervisor.log()
     assert query(dsn, "select count(*) from pgflow.workers where stopped_at is null") == [(0,)]
     assert os.path.exists(supervisor.log_path)
+
+
+def test_without_notifications_a_cancel_stops_the_handler_at_the_next_heartbeat(
+        dsn, start_supervisor, tmp_path):
+    """Through a transaction pooler with no --listen-url nothing LISTENs: the
+    heartbeat, which says the task is no longer held, is what stops it."""
+    supervisor = start_supervisor(dsn, "--pooler", "transaction", "--heartbeat-interval", "0.5",
+                                  flows=OPS, processes=1)
+    pid_file = tmp_path / "nap.pid"
+    with Client(dsn) as client:
+        run_id = client.start_flow("ops_long_nap", {"seconds": 60, "pid_file": str(pid_file)})
+        pid = wait_for_pid_file(pid_file)
+        client.cancel_run(run_id)
+        wait_until(lambda: not pid_alive(pid), timeout=5)
+        supervisor.wait_for_log("stopped running tasks that are no longer ours")
+        assert client.get_run(run_id).status == "cancelled"

@@ -318,3 +318,16 @@ def test_polls_come_sooner_once_notifications_cannot_arrive(loop: Supervisor) ->
     loop.tick()
     assert "claim" in statements(loop.database.rounds[sent]), "the poll claims"  # type: ignore[attr-defined]
     assert loop.timers.get("poll") == loop.clock() + 0.5
+
+
+def test_tasks_the_heartbeat_reports_lost_are_dropped_and_their_handlers_stopped() -> None:
+    """Without notifications (a transaction pooler) a cancel reaches running
+    handlers only through the heartbeat."""
+    settings = Settings(database_url="postgresql://unused/x", flows="f", metrics_port=0)
+    buffer: collections.deque[HeldTask] = collections.deque([task(1), task(2)])
+    stopped: list[set[int]] = []
+    rounds = Rounds(settings, ["f"], Metrics(), buffer, lambda: list(buffer),
+                    on_lost=stopped.append)
+    rounds._drop_lost({2, 3})
+    assert [t.task_id for t in buffer] == [1]
+    assert stopped == [{2, 3}], "the pool is asked to stop the handlers running 2 and 3"

@@ -29,9 +29,8 @@ import psycopg
 import psycopg.rows
 from psycopg.types.json import Jsonb
 
-from pgflow import db, jsondata, migrations, queries, retention
+from pgflow import arguments, db, migrations, queries, retention, waiting
 from pgflow.errors import (
-    FlowNotFoundError,
     InvalidInputError,
     PermissionDeniedError,
     RunNotFoundError,
@@ -47,33 +46,13 @@ __all__ = ["Client", "PruneResult", "Run", "RunSummary", "StepState"]
 
 T = TypeVar("T")
 
-RUNS_CHANNEL = "pgflow_runs"
-# How often wait() re-reads the run when no notification came (lost
-# notifications, a dropped listener); notifications wake it sooner.
-WAIT_RECHECK_SECONDS = 2.0
-# Without notifications (a transaction pooler and no listen_dsn), wait()
-# re-reads the run after 50 ms, then twice as long each time up to this.
-WAIT_POLL_SECONDS = 0.5
-WAIT_FIRST_POLL_SECONDS = 0.05
 
-# The largest run input start_flow accepts, as JSON. A run's input is stored
-# once but read again for every root step's claim (and by ctx.flow_input),
-# passed whole through a supervisor's memory and an executor's pipe, so it is
-# kept well under the 64 MiB an executor may answer with and far under
-# jsonb's 255 MiB: large data belongs in object storage or a table, with a
-# reference in the input. Client(max_input_bytes=...) changes it.
-DEFAULT_MAX_INPUT_BYTES = 16 * 1024 * 1024
-# jsonb cannot hold a document over 255 MiB.
-MAX_INPUT_BYTES_LIMIT = 255 * 1024 * 1024
-# One start_flows call sends its inputs as one jsonb[] parameter, and
-# Postgres refuses a value of 1 GiB or more: leave room for its text form.
-MAX_BATCH_BYTES = 256 * 1024 * 1024
 
 
 class Client:
     def __init__(self, dsn: str, *, application_name: str = "pgflow client",
                  pooler: db.Pooler = "none", listen_dsn: str | None = None,
-                 max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> None:
+                 max_input_bytes: int = arguments.DEFAULT_MAX_INPUT_BYTES) -> None:
         """`pooler` says what `dsn` goes through: "none" (Postgres itself),
         "session" or "transaction" (a pooler such as PgBouncer in that pool
         mode). `listen_dsn`: where wait() listens for finished runs (default:
@@ -83,9 +62,9 @@ class Client:
             raise ValueError(f"Client(): pooler must be one of {', '.join(db.POOLERS)}, "
                              f"got {pooler!r}")
         if isinstance(max_input_bytes, bool) or not isinstance(max_input_bytes, int) \
-                or not 1 <= max_input_bytes <= MAX_INPUT_BYTES_LIMIT:
+                or not 1 <= max_input_bytes <= arguments.MAX_INPUT_BYTES_LIMIT:
             raise ValueError(f"Client(): max_input_bytes must be an int from 1 to "
-                             f"{MAX_INPUT_BYTES_LIMIT:,} (jsonb's limit), got {max_input_bytes!r}")
+                             f"{arguments.MAX_INPUT_BYTES_LIMIT:,} (jsonb's limit), got {max_input_bytes!r}")
         self.dsn = dsn
         self.application_name = application_name
         self.pooler: db.Pooler = pooler
@@ -211,9 +190,9 @@ class Client:
         finished key may start a new run). `tags` ({"tenant": "acme"}) are
         stored on the run and can filter `list_runs`.
         """
-        flow_slug = _flow_slug(flow)
-        run_uuid = _as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
-        payload = self._encode_input(flow_slug, input)
+        flow_slug = arguments.flow_slug(flow)
+        run_uuid = arguments.as_uuid(run_id, f"Flow {flow_slug!r}") if run_id is not None else uuid.uuid4()
+        payload = arguments.encode_input(flow_slug, input, self.max_input_bytes)
         checked_key = check_key(flow_slug, key)
         checked_tags = encode_tags(check_tags(f"Flow {flow_slug!r}", tags))
         row = self._call(
@@ -238,31 +217,32 @@ class Client:
         order. Nothing is started if any input is refused. `run_ids` and
         `keys` (parallel to `inputs`, None for "none") work as in
         `start_flow`; `tags` is one mapping for every run, or one per input."""
-        flow_slug = _flow_slug(flow)
+        flow_slug = arguments.flow_slug(flow)
         if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
             raise InvalidInputError(
                 f"Flow {flow_slug!r}: start_flows takes a list of run inputs, got "
                 f"{type(inputs).__name__}; use start_flow for one run")
-        payloads = [self._encode_input(flow_slug, value, f" #{i + 1}")
+        payloads = [arguments.encode_input(flow_slug, value, self.max_input_bytes,
+                                            f" #{i + 1}")
                     for i, value in enumerate(inputs)]
         total = sum(len(p) for p in payloads)
-        if total > MAX_BATCH_BYTES:
+        if total > arguments.MAX_BATCH_BYTES:
             raise InvalidInputError(
                 f"Flow {flow_slug!r}: {len(payloads)} run inputs are {total:,} bytes of JSON in "
-                f"all, over the {MAX_BATCH_BYTES:,} one start_flows call can send; start them "
+                f"all, over the {arguments.MAX_BATCH_BYTES:,} one start_flows call can send; start them "
                 "in smaller batches")
         if run_ids is None:
             ids: list[uuid.UUID | None] = [uuid.uuid4() for _ in payloads]
         else:
-            _check_parallel(flow_slug, "run ids", payloads, run_ids)
-            ids = [None if r is None else _as_uuid(r, f"Flow {flow_slug!r}") for r in run_ids]
+            arguments.check_parallel(flow_slug, "run ids", payloads, run_ids)
+            ids = [None if r is None else arguments.as_uuid(r, f"Flow {flow_slug!r}") for r in run_ids]
         # A retried call after a dropped connection must not start new runs.
         ids = [r if r is not None else uuid.uuid4() for r in ids]
         checked_keys = None
         if keys is not None:
-            _check_parallel(flow_slug, "keys", payloads, keys)
+            arguments.check_parallel(flow_slug, "keys", payloads, keys)
             checked_keys = [check_key(flow_slug, k, f" #{i + 1}") for i, k in enumerate(keys)]
-        per_run = _tags_per_run(flow_slug, tags, len(payloads))
+        per_run = arguments.tags_per_run(flow_slug, tags, len(payloads))
         rows = self._call(
             lambda conn: conn.execute(
                 "select run_id from pgflow.start_flows(%s, %s::jsonb[], %s::uuid[], %s::text[], "
@@ -272,26 +252,8 @@ class Client:
         )
         return [row[0] for row in rows]
 
-    def _encode_input(self, flow_slug: str, value: Any, which: str = "") -> str:
-        """The run input as JSON text, or InvalidInputError saying what to change."""
-        try:
-            data = jsondata.encode(value)
-        except jsondata.NotJsonError as exc:
-            raise InvalidInputError(
-                f"Flow {flow_slug!r}: the run input{which} is not JSON: {exc}. "
-                "Nothing was started."
-            ) from None
-        if len(data) > self.max_input_bytes:
-            raise InvalidInputError(
-                f"Flow {flow_slug!r}: the run input{which} is {len(data):,} bytes of JSON, over "
-                f"the limit of {self.max_input_bytes:,} (Client(max_input_bytes=...)). Nothing "
-                "was started; store large data elsewhere (object storage, a table) and pass a "
-                "reference to it."
-            )
-        return data.decode()
-
     def get_run(self, run_id: uuid.UUID | str) -> Run:
-        run_uuid = _as_uuid(run_id, "get_run")
+        run_uuid = arguments.as_uuid(run_id, "get_run")
 
         def read(conn: psycopg.Connection) -> Run:
             with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
@@ -331,7 +293,7 @@ class Client:
         if flow is not None and (not isinstance(flow, str) or len(flow) > MAX_SLUG_LENGTH
                                  or not SLUG_PATTERN.match(flow)):
             raise InvalidInputError(f"list_runs(): flow must be a flow slug ({SLUG_PATTERN.pattern}), "
-                             f"got {_preview(flow) if isinstance(flow, str) else flow!r}")
+                             f"got {arguments.preview(flow) if isinstance(flow, str) else flow!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInputError(f"list_runs(): limit must be a positive int, got {limit!r}")
         if isinstance(since, datetime.timedelta):
@@ -361,7 +323,7 @@ class Client:
                 or not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"wait(): timeout must be a finite number of seconds >= 0, "
                              f"got {timeout!r}")
-        run_uuid = _as_uuid(run_id, "wait")
+        run_uuid = arguments.as_uuid(run_id, "wait")
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -382,37 +344,15 @@ class Client:
                                                 or self._listen_conn.broken)
 
     def _wait_once(self, run_uuid: uuid.UUID, timeout: float, deadline: float) -> Run:
-        listener = self._listening_connection()
-        if listener is not None:
-            listener.execute(f"listen {RUNS_CHANNEL}")
-        poll = WAIT_FIRST_POLL_SECONDS
-        try:
-            while True:
-                run = self.get_run(run_uuid)
-                if run.finished:
-                    return run
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"Run {run_uuid} of flow {run.flow_slug!r} is still {run.status} "
-                        f"after {timeout:g}s"
-                    )
-                if listener is None:
-                    time.sleep(min(remaining, poll))
-                    poll = min(poll * 2, WAIT_POLL_SECONDS)
-                else:
-                    _wait_for_mention(listener, str(run_uuid),
-                                      min(remaining, WAIT_RECHECK_SECONDS))
-        finally:
-            if listener is not None and not (listener.closed or listener.broken):
-                listener.execute(f"unlisten {RUNS_CHANNEL}")
+        return waiting.until_finished(lambda: self.get_run(run_uuid), self._listening_connection(),
+                                      run_uuid, timeout, deadline)
 
     def cancel_run(self, run_id: uuid.UUID | str) -> Run:
         """Cancel a run: queued tasks are cancelled; running ones are cancelled
         too, their supervisors kill the executors running them (NOTIFY
         pgflow_cancel), and an answer that still comes is ignored. A finished
         run stays as it is."""
-        run_uuid = _as_uuid(run_id, "cancel_run")
+        run_uuid = arguments.as_uuid(run_id, "cancel_run")
         self._call(lambda conn: conn.execute("select pgflow.cancel_run(%s)", (run_uuid,)))
         return self.get_run(run_uuid)
 
@@ -426,7 +366,7 @@ class Client:
         run that is still started or completed, or whose flow was replaced
         by a new shape since it started.
         """
-        run_uuid = _as_uuid(run_id, "retry_run")
+        run_uuid = arguments.as_uuid(run_id, "retry_run")
         # Not retried on a dropped connection: a retry that committed before
         # the connection dropped would be refused the second time (the run is
         # started again), which would hide that it worked.
@@ -489,17 +429,6 @@ class Client:
                            longest)
 
 
-def _wait_for_mention(conn: psycopg.Connection, run_id: str, seconds: float) -> None:
-    """Return when a runs notification names run_id (or names none), or after `seconds`.
-
-    psycopg keeps notifications that arrive during other statements and hands
-    them out first, so none is missed between reading the run and waiting here.
-    """
-    for notify in conn.notifies(timeout=seconds):
-        if not notify.payload or run_id in notify.payload:
-            return
-
-
 def _permission_denied(conn: psycopg.Connection,
                        exc: psycopg.errors.InsufficientPrivilege) -> PermissionDeniedError:
     reason = exc.diag.message_primary or str(exc)
@@ -507,54 +436,3 @@ def _permission_denied(conn: psycopg.Connection,
         f"{reason} (database role {conn.info.user!r}). pgflow_app may start, read, wait for and "
         "cancel runs; pgflow_worker (supervisors) may claim and answer tasks and register "
         "flows; migrations need the schema's owner. See deploy/README.md, \"Least privilege\"")
-
-
-def _flow_slug(flow: str | Flow) -> str:
-    """The slug of `flow`; a slug no flow can have is a FlowNotFoundError here,
-    before it reaches the database (where it would be one too)."""
-    if isinstance(flow, Flow):
-        return flow.slug
-    if not isinstance(flow, str):
-        raise InvalidInputError(f"A flow is a Flow or its slug (a str), got {type(flow).__name__}")
-    if len(flow) > MAX_SLUG_LENGTH or not SLUG_PATTERN.match(flow):
-        raise FlowNotFoundError(
-            f"Flow {_preview(flow)} is not registered, and cannot be: a flow slug matches "
-            f"{SLUG_PATTERN.pattern} and has at most {MAX_SLUG_LENGTH} characters")
-    return flow
-
-
-def _preview(text: str, limit: int = 80) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
-
-
-def _check_parallel(flow_slug: str, what: str, inputs: Sequence[Any],
-                    values: Sequence[Any]) -> None:
-    if isinstance(values, str | bytes) or len(values) != len(inputs):
-        count = "a string" if isinstance(values, str | bytes) else len(values)
-        raise InvalidInputError(
-            f"Flow {flow_slug!r}: {len(inputs)} inputs but {count} {what}; "
-            f"give a list with one per input (None where there is none)"
-        )
-
-
-def _tags_per_run(flow_slug: str, tags: Any, count: int) -> list[str | None] | None:
-    """start_flows' tags: one mapping for every run, or a sequence with one per run."""
-    if tags is None:
-        return None
-    if isinstance(tags, Mapping):
-        encoded = encode_tags(check_tags(f"Flow {flow_slug!r}", tags))
-        return [encoded] * count
-    _check_parallel(flow_slug, "tags", [None] * count, tags)
-    return [encode_tags(check_tags(f"Flow {flow_slug!r}, run input #{i + 1}", t))
-            for i, t in enumerate(tags)]
-
-
-def _as_uuid(value: uuid.UUID | str, where: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        shown = _preview(value) if isinstance(value, str) else repr(value)
-        raise InvalidInputError(f"{where}: run id {shown} is not a UUID") from None

@@ -29,7 +29,7 @@ from pgflow import (
     db,
     worker_api,
 )
-from pgflow import client as client_module
+from pgflow import arguments as arguments_module
 from supervisor.cli import main
 from tests.integration.helpers import count, single_flow
 
@@ -124,7 +124,7 @@ def test_start_flows_refuses_the_whole_batch_naming_the_bad_input(client, conn, 
 
 
 def test_an_input_over_the_default_limit_is_refused_before_it_is_sent(client, conn, echo):
-    limit = client_module.DEFAULT_MAX_INPUT_BYTES
+    limit = arguments_module.DEFAULT_MAX_INPUT_BYTES
     assert limit == 16 * 1024 * 1024
     with pytest.raises(InvalidInputError) as refused:
         client.start_flow("single", {"blob": "x" * limit})
@@ -154,7 +154,7 @@ def test_an_absurd_input_limit_is_refused(dsn, limit):
 
 
 def test_a_batch_too_large_for_one_statement_is_refused(client, conn, echo, monkeypatch):
-    monkeypatch.setattr(client_module, "MAX_BATCH_BYTES", 1000)
+    monkeypatch.setattr(arguments_module, "MAX_BATCH_BYTES", 1000)
     with pytest.raises(InvalidInputError, match=r"3 run inputs are 1,506 bytes of JSON in all"
                                                 r".*smaller batches"):
         client.start_flows("single", ["z" * 500] * 3)

@@ -24,19 +24,12 @@ from executor import protocol
 from supervisor.backoff import Backoff, RespawnPolicy
 from supervisor.executors import ExecutorProcess, ExecutorState, describe_exit, left_on_purpose
 from supervisor.metrics import Metrics
+from supervisor.pace import Pace
 from supervisor.tasks import HeldTask
 
 log = logging.getLogger("pgflow.supervisor.pool")
 
 Outcome = Literal["success", "error", "timeout", "crash", "cancelled"]
-
-# Tasks are queued behind a running one in the same executor only when both
-# steps usually take less than this: queuing tiny tasks saves a loop turn
-# each, and a task longer than this would make the ones behind it wait.
-SHORT_TASK_SECONDS = 0.005
-_EWMA = 0.2
-# A task costs at least a round of frames to and from an executor.
-MIN_TASK_SECONDS = 0.0001
 
 
 @dataclass(slots=True)
@@ -76,8 +69,7 @@ class Pool:
         self.fork_error: str | None = None
         self._policy = RespawnPolicy()
         self._fork_backoff = Backoff(0.1, 10.0)
-        self._durations: dict[tuple[str, str], float] = {}
-        self._typical: float | None = None  # any task, in seconds (EWMA)
+        self.pace = Pace()
 
     # -- views -----------------------------------------------------------------
 
@@ -289,20 +281,11 @@ class Pool:
         return queue_behind
 
     def _is_short(self, task: HeldTask) -> bool:
-        typical = self._durations.get((task.flow_slug, task.step_slug))
-        return typical is not None and typical < SHORT_TASK_SECONDS
-
-    def _learn(self, task: HeldTask, seconds: float) -> None:
-        key = (task.flow_slug, task.step_slug)
-        before = self._durations.get(key)
-        self._durations[key] = seconds if before is None else before + _EWMA * (seconds - before)
-        seconds = max(seconds, MIN_TASK_SECONDS)
-        typical = self._typical
-        self._typical = seconds if typical is None else typical + _EWMA * (seconds - typical)
+        return self.pace.is_short(task.flow_slug, task.step_slug)
 
     def typical_task_seconds(self) -> float | None:
         """How long tasks usually take here (any step), or None before the first."""
-        return self._typical
+        return self.pace.typical
 
     def check_deadlines(self, now: float) -> None:
         """Kill executors whose running task overran its deadline. An answer
@@ -355,7 +338,8 @@ class Pool:
             return  # the task already ended at its deadline
         duration = now - child.running_since
         child.finish_running(now, self._kill_grace)
-        self._learn(running, float(answer.meta.get("duration_s") or duration))
+        self.pace.learn(running.flow_slug, running.step_slug,
+                        float(answer.meta.get("duration_s") or duration))
         child.max_rss_kb = int(answer.meta.get("max_rss_kb") or 0)
         if answer.ok:
             self.ended.append(Ended(running, "success", duration, answer))

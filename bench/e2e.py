@@ -212,7 +212,7 @@ def main() -> None:
             if name in only:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states, "
-                                 "pgflow.queue")
+                                 "pgflow.queue cascade")
                 results[name] = case()
                 print(f"{name:>10}: {results[name]}", flush=True)
     finally:

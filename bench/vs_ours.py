@@ -62,7 +62,8 @@ class Ours:
                 client.register(flow)
 
     def reset(self) -> None:
-        self.conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states, pgflow.queue")
+        self.conn.execute("truncate pgflow.runs, pgflow.tasks, pgflow.step_states, pgflow.queue "
+                          "cascade")
 
     @contextlib.contextmanager
     def workers(self, processes: int) -> Iterator[Supervisor]:

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slack", type=float, default=2.0,
                         help="seconds allowed on top of timing bounds (a busy machine)")
     parser.add_argument("--strict", action="store_true",
-                        help="fail on known issues too (see chaos_check.ORPHANED_GRANDCHILD)")
+                        help="fail on known issues too (chaos_check.ORPHANED_*)")
     parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     args = parser.parse_args(argv)
     if args.seed is None:

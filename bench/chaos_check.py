@@ -27,6 +27,8 @@ EPSILON = 0.005  # seconds: float conversions of timestamps
 # with --strict.
 ORPHANED_GRANDCHILD = ("tests/e2e/test_chaos_findings.py::"
                        "test_what_a_handler_forked_dies_with_a_killed_supervisor")
+ORPHANED_BY_EXECUTOR_KILL = ("tests/e2e/test_chaos_findings.py::"
+                             "test_what_a_handler_forked_dies_with_its_executor_killed_from_outside")
 
 
 @dataclass
@@ -296,6 +298,8 @@ def check_timeouts(records: Records, facts: Facts) -> Check:
                 if any(pid == invocation.ppid and invocation.start <= at <= invocation.end + 1.0
                        for pid, at in facts.supervisor_kills):
                     check.known_issue(ORPHANED_GRANDCHILD, problem, facts.strict)
+                elif invocation.pid in facts.killed_executors:
+                    check.known_issue(ORPHANED_BY_EXECUTOR_KILL, problem, facts.strict)
                 else:
                     check.fail(problem)
     return check

@@ -19,5 +19,7 @@ def fork_then_wait(input, ctx):
     if grandchild == 0:
         time.sleep(60)
         os._exit(0)
+    if input.get("executor_pid_file"):
+        Path(input["executor_pid_file"]).write_text(str(os.getpid()))
     Path(input["pid_file"]).write_text(str(grandchild))
     time.sleep(60)

@@ -48,6 +48,7 @@ from chaos_cluster import (  # noqa: E402
     processes_with,
 )
 from chaos_faults import KINDS, Faults  # noqa: E402
+from chaos_flows import process_starttime  # noqa: E402
 from chaos_history import load_database, load_records  # noqa: E402
 from chaos_load import Producer  # noqa: E402
 
@@ -205,16 +206,18 @@ class Soak:
                 self.stop_problems.append(f"{supervisor.tag} exited with {code} after TERM:\n"
                                           f"{supervisor.log_tail(15)}")
 
-    def leftovers(self, known: set[Process]) -> list[str]:
+    def leftovers(self, known: set[Process]) -> list[tuple[Process, str]]:
         """Processes of the system under test still alive after every supervisor stopped."""
         everyone = self.executors_seen | known
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and any(process_alive(p) for p in everyone):
             time.sleep(0.1)
-        alive = [f"process {pid} (seen as an executor or a handler's child) is alive"
-                 for pid, st in sorted(everyone) if process_alive((pid, st))]
-        alive += [f"process {pid} is alive: {cmdline[:160]}"
-                  for pid, cmdline in processes_with(f"--hostname {self.tag}-")]
+        alive = [(p, f"process {p[0]} (seen as an executor or a handler's child) is alive")
+                 for p in sorted(everyone) if process_alive(p)]
+        seen = {p for p, _ in alive}
+        alive += [((pid, process_starttime(pid) or 0), f"process {pid} is alive: {cmdline[:160]}")
+                  for pid, cmdline in processes_with(f"--hostname {self.tag}-")
+                  if (pid, process_starttime(pid) or 0) not in seen]
         return alive
 
 
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres.close()
     facts = chaos_report.facts(soak, args)
     checks, verdicts = chaos_check.all_checks(db, records, facts)
-    checks += chaos_report.process_checks(soak, leftovers)
+    checks += chaos_report.process_checks(soak, leftovers, records, facts)
     result = chaos_report.build(args, soak, db, records, checks, verdicts)
     chaos_report.show(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ class Facts:
     runs: dict[uuid.UUID, StartedRun]
     pauses: list[Window]  # SIGSTOP .. SIGCONT of a supervisor, by its pid
     outages: list[Window]  # Postgres down, executors' connections dropped
-    killed_executors: set[int]
+    killed_executors: set[tuple[int, int]]  # (pid, start time) of executors the soak SIGKILLed
     supervisor_kills: list[tuple[int, float]]  # (pid, when) of each SIGKILL of a supervisor
     kill_grace: float
     slack: float
@@ -100,6 +100,15 @@ def delay_after(attempt: int) -> float:
 
 def _invocations(records: Records, key: TaskKey, attempt: int) -> list[Invocation]:
     return [i for i in records.by_task.get(key, []) if i.attempt == attempt]
+
+
+def _killed(facts: Facts, pid: int, runs: list[Invocation]) -> bool:
+    """The soak SIGKILLed executor `pid` while it ran this attempt (by pid
+    alone when the handler had not recorded its start yet)."""
+    mine = [i for i in runs if i.pid == pid]
+    if mine:
+        return any((i.pid, i.starttime) in facts.killed_executors for i in mine)
+    return any(p == pid for p, _ in facts.killed_executors)
 
 
 def _paused(facts: Facts, pid: int, start: float, end: float) -> bool:
@@ -131,7 +140,7 @@ def classify(key: TaskKey, task: dict[str, Any], entry: dict[str, Any], records:
         pid, signal_name, code = int(match[1]), match[2], match[3]
         if plan == cf.EXIT and code == str(cf.EXIT_CODE) or plan == cf.SIGKILL and signal_name == "SIGKILL":
             return f"planned:{plan}"
-        if signal_name == "SIGKILL" and pid in facts.killed_executors:
+        if signal_name == "SIGKILL" and _killed(facts, pid, runs):
             return "injected:executor killed"
         return f"unexplained:executor {pid} died ({signal_name or 'exit ' + str(code)}), planned {plan}"
     if message.startswith(LEASE):
@@ -277,6 +286,17 @@ def check_backoff(db: Database, records: Records) -> Check:
     return check
 
 
+def orphan_cause(invocation: Invocation, facts: Facts) -> str | None:
+    """The known issue that leaves what this invocation forked alive, if the
+    soak SIGKILLed its supervisor or its executor while it ran."""
+    if any(pid == invocation.ppid and invocation.start <= at <= invocation.end + 1.0
+           for pid, at in facts.supervisor_kills):
+        return ORPHANED_GRANDCHILD
+    if (invocation.pid, invocation.starttime) in facts.killed_executors:
+        return ORPHANED_BY_EXECUTOR_KILL
+    return None
+
+
 def check_timeouts(records: Records, facts: Facts) -> Check:
     """No handler ran past timeout + kill grace + slack (unless its supervisor
     was paused meanwhile, when nothing can kill it), and nothing a handler
@@ -295,11 +315,9 @@ def check_timeouts(records: Records, facts: Facts) -> Check:
                 problem = (f"{invocation.task} attempt {invocation.attempt}: grandchild "
                            f"{invocation.grandchild[0]} ticked {last - invocation.end:.2f}s after "
                            f"its executor {invocation.pid} last did")
-                if any(pid == invocation.ppid and invocation.start <= at <= invocation.end + 1.0
-                       for pid, at in facts.supervisor_kills):
-                    check.known_issue(ORPHANED_GRANDCHILD, problem, facts.strict)
-                elif invocation.pid in facts.killed_executors:
-                    check.known_issue(ORPHANED_BY_EXECUTOR_KILL, problem, facts.strict)
+                known = orphan_cause(invocation, facts)
+                if known is not None:
+                    check.known_issue(known, problem, facts.strict)
                 else:
                     check.fail(problem)
     return check

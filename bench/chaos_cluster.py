@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -84,12 +84,17 @@ class Supervisor:
     stopped: bool = False  # SIGSTOPped by the soak
     expected_exit: bool = False  # the soak killed or stopped it on purpose
     started_at: float = 0.0
-    exits: list[dict[str, Any]] = field(default_factory=list)
+    # Its signal handlers are in place once it logs "serving" after this log
+    # offset: before that (starting, or re-executing after HUP) a HUP or TTIN
+    # would kill or stop the process, as for any daemon.
+    ready_from: int = 0
+    _ready: bool = False
 
     def start(self) -> None:
         self.log = self.log_path.open("ab")
         self.log.write(f"\n=== chaos: start #{self.incarnation + 1} at {time.time():.3f}\n".encode())
         self.log.flush()
+        self.not_ready()
         self.proc = subprocess.Popen(
             [str(PGFLOW), "supervise", "--flows", "chaos_flows", "--hostname", self.tag,
              "--processes", str(self.processes), "--metrics-port", "0", *self.args],
@@ -108,6 +113,20 @@ class Supervisor:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def not_ready(self) -> None:
+        """Until it logs "serving" again (a start, a re-execution)."""
+        self.ready_from = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._ready = False
+
+    def ready(self) -> bool:
+        if not self.alive():
+            return False
+        if not self._ready:
+            with self.log_path.open("rb") as log:
+                log.seek(self.ready_from)
+                self._ready = f"supervisor {self.pid} serving".encode() in log.read()
+        return self._ready
 
     def send(self, sig: signal.Signals) -> None:
         os.kill(self.pid, sig)

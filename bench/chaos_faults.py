@@ -97,11 +97,12 @@ class Faults:
     def _later(self, delay: float, action: Callable[[], None]) -> None:
         self.pending.append((time.monotonic() + delay, action))
 
-    def _targets(self, *, spare_witness: bool = False) -> list[Supervisor]:
+    def _targets(self, *, spare_witness: bool = False, ready: bool = False) -> list[Supervisor]:
         """Running supervisors not paused by us; supervisor 0 is the memory
-        witness and is spared kills and re-executions when asked."""
+        witness and is spared kills and re-executions when asked; `ready`:
+        only those whose signal handlers are in place (HUP, TTIN, TTOU)."""
         return [s for s in self.supervisors if s.alive() and not s.stopped
-                and not (spare_witness and s.index == 0)]
+                and not (spare_witness and s.index == 0) and (s.ready() or not ready)]
 
     def _busy_with(self, kind: str) -> bool:
         return any(f.kind == kind and f.ended_at is None for f in self.log)
@@ -205,7 +206,7 @@ class Faults:
         return self._scale(signal.SIGTTOU, -1)
 
     def _scale(self, sig: signal.Signals, delta: int) -> Fault | None:
-        targets = [s for s in self._targets() if 1 <= s.pool_size + delta <= MAX_POOL]
+        targets = [s for s in self._targets(ready=True) if 1 <= s.pool_size + delta <= MAX_POOL]
         if not targets:
             return None
         target = self.rng.choice(targets)
@@ -215,10 +216,11 @@ class Faults:
                      detail={"pool_size": target.pool_size})
 
     def inject_hup(self) -> Fault | None:
-        targets = self._targets(spare_witness=True)
+        targets = self._targets(spare_witness=True, ready=True)
         if not targets:
             return None
         target = self.rng.choice(targets)
+        target.not_ready()
         target.send(signal.SIGHUP)
         target.pool_size = target.processes  # the re-executed one starts afresh
         return Fault("hup", time.time(), target.tag, detail={"pid": target.pid})

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import chaos_flows as cf
-from chaos_check import Check, Facts, Verdicts, Window, simple_check
+from chaos_check import Check, Facts, Verdicts, Window, orphan_cause, simple_check
 from chaos_history import Database, Records
 
 if TYPE_CHECKING:
@@ -35,22 +35,39 @@ def facts(soak: Soak, args: argparse.Namespace) -> Facts:
         elif fault.kind == "connection_drop" and fault.target == "executors":
             outages.append(Window(fault.at, fault.at))
     return Facts(runs=soak.producer.runs, pauses=pauses, outages=outages,
-                 killed_executors={pid for pid, _ in soak.faults.killed_executors},
+                 killed_executors=set(soak.faults.killed_executors),
                  supervisor_kills=[(f.detail["pid"], f.at) for f in soak.faults.log
                                    if f.kind == "supervisor_kill"],
                  kill_grace=args.kill_grace, slack=args.slack, strict=args.strict)
 
 
-def process_checks(soak: Soak, leftovers: list[str]) -> list[Check]:
+def process_checks(soak: Soak, leftovers: list[tuple[tuple[int, int], str]], records: Records,
+                   facts: Facts) -> list[Check]:
     return [
-        simple_check("no executor or handler's child left after the supervisors stopped",
-                     leftovers, len(soak.executors_seen)),
+        leftover_check(soak, leftovers, records, facts),
         simple_check("executors died with their killed supervisor (within 2 s)", soak.orphans,
                      sum(1 for f in soak.faults.log if f.kind == "supervisor_kill")),
         simple_check("no supervisor exited on its own; each stopped with 0 on TERM",
                      soak.unexpected_exits + soak.stop_problems, len(soak.supervisors)),
         memory_check(soak),
     ]
+
+
+def leftover_check(soak: Soak, leftovers: list[tuple[tuple[int, int], str]], records: Records,
+                   facts: Facts) -> Check:
+    """Nothing left; a handler's child left by a known issue (its executor
+    or supervisor SIGKILLed by the soak) is reported as that issue."""
+    check = Check("no executor or handler's child left after the supervisors stopped",
+                  checked=len(soak.executors_seen))
+    parents = {i.grandchild: i for i in records.invocations if i.grandchild is not None}
+    for process, problem in leftovers:
+        parent = parents.get(process)
+        known = orphan_cause(parent, facts) if parent is not None else None
+        if known is not None:
+            check.known_issue(known, problem, facts.strict)
+        else:
+            check.fail(problem)
+    return check
 
 
 def memory_check(soak: Soak) -> Check:

@@ -125,9 +125,9 @@ def recovery(soak: Soak, db: Database) -> dict[str, Any]:
         if fault.kind in ("supervisor_kill", "supervisor_stop"):
             workers = {w for w, row in db.workers.items()
                        if row["hostname"] == fault.target and row["pid"] == fault.detail["pid"]}
-            until = min((f.at for f in soak.faults.log if f.target == fault.target and f.at > fault.at
-                         and f.kind in ("supervisor_kill", "supervisor_stop", "hup")),
-                        default=float("inf"))
+            # Its leases run out within timeout + grace of the fault's end;
+            # later expiries of this worker belong to other faults.
+            until = (fault.ended_at or fault.at) + cf.TIMEOUT + soak.args.lease_grace + 5.0
             lost = [at - fault.at for w in workers for at in requeues.get(w, [])
                     if fault.at < at < until]
             if lost:

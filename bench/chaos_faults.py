@@ -176,7 +176,13 @@ class Faults:
         return fault
 
     def _postgres_up(self) -> None:
-        self.postgres.start()
+        for attempt in range(3):  # pg_ctl start gives up after 10 s; a loaded machine may need more
+            try:
+                self.postgres.start()
+                break
+            except Exception:  # noqa: BLE001 - subprocess errors of pg_ctl
+                if attempt == 2:
+                    raise
         if self._restart is not None:
             self._restart.ended_at = time.time()
 

@@ -17,6 +17,7 @@ from chaos_history import Database, Records
 
 if TYPE_CHECKING:
     from chaos import Soak
+    from chaos_faults import Fault
 
 # Supervisor memory: the largest RSS in the soak's last quarter may exceed the
 # largest in its second quarter (after warm-up) by this factor plus this much.
@@ -121,6 +122,11 @@ def recovery(soak: Soak, db: Database) -> dict[str, Any]:
 
     requeues = _lease_requeues(db)
     out: dict[str, list[float]] = defaultdict(list)
+
+    def note(fault: Fault, name: str, seconds: float) -> None:
+        out[f"{fault.kind}: {name}"].append(seconds)
+        fault.detail[f"{name} (s)"] = round(seconds, 2)  # shown per fault in the JSON
+
     for fault in soak.faults.log:
         if fault.kind in ("supervisor_kill", "supervisor_stop"):
             workers = {w for w, row in db.workers.items()
@@ -131,20 +137,20 @@ def recovery(soak: Soak, db: Database) -> dict[str, Any]:
             lost = [at - fault.at for w in workers for at in requeues.get(w, [])
                     if fault.at < at < until]
             if lost:
-                out[f"{fault.kind}: its tasks requeued (last)"].append(max(lost))
+                note(fault, "its tasks requeued (last)", max(lost))
         if fault.kind in ("supervisor_kill", "hup"):
             seconds = registered(fault.target, fault.at)
             if seconds is not None:
-                out[f"{fault.kind}: serving again"].append(seconds)
+                note(fault, "serving again", seconds)
         if fault.kind == "postgres_restart" and fault.ended_at:
             waits = [next_completion(s.tag, fault.ended_at) for s in soak.supervisors]
             if all(w is not None for w in waits):
-                out["postgres_restart: every supervisor completing again"].append(
-                    max(w for w in waits if w is not None))
+                note(fault, "every supervisor completing again",
+                     max(w for w in waits if w is not None))
         if fault.kind == "connection_drop" and fault.target != "executors":
             seconds = next_completion(fault.target, fault.at)
             if seconds is not None:
-                out["connection_drop: supervisor completing again"].append(seconds)
+                note(fault, "supervisor completing again", seconds)
     spread = {name: _spread(values) for name, values in sorted(out.items())}
     spread["all runs finished after faults stopped"] = {
         "seconds": round(soak.timeline["recovered"] - soak.timeline["faults_end"], 2),

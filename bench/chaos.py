@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     postgres = EmbeddedPostgres()
     soak = Soak(args, postgres, work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    leftovers: list[tuple[Process, str]] = []
     try:
         prepare(postgres.uri)
         soak.run()
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             i.grandchild for i in records.invocations if i.grandchild is not None})
         db = load_database(postgres.uri)
     finally:
+        for process, _ in leftovers:
+            if process_alive(process):  # checked below; nothing of ours outlives the soak
+                os.kill(process[0], signal.SIGKILL)
         for supervisor in soak.supervisors:
             if supervisor.alive():
                 supervisor.proc.kill()  # type: ignore[union-attr]

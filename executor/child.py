@@ -23,11 +23,10 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-import orjson
-
 from executor import protocol
 from executor.executor import DEFAULT_MAX_OUTPUT_BYTES, execute, serialize_error
 from executor.result import Err, Ok, Result
+from pgflow import jsondata
 from pgflow.flow import Flow
 
 PR_SET_PDEATHSIG = 1
@@ -177,8 +176,8 @@ def handle_request(body: bytes, flows: Mapping[str, Flow], connect: Any,
     try:
         task = protocol.decode_request(body)
     except Exception as exc:  # noqa: BLE001 - a malformed request is answered, not fatal
-        return _answer({"task_id": _task_id_of(body)},
-                       Err(f"Malformed task request: {serialize_error(exc)}"), started), False
+        head = protocol.request_head(body)
+        return _answer({"task_id": head.get("task_id")}, _undecodable(head, exc), started), False
     flow = flows.get(task.flow_slug)
     result: Result
     if flow is None:
@@ -191,12 +190,11 @@ def handle_request(body: bytes, flows: Mapping[str, Flow], connect: Any,
     return _answer({"task_id": task.task_id}, result, started), result.timed_out
 
 
-def _task_id_of(body: bytes) -> int | None:
-    try:
-        value = orjson.loads(body).get("task_id")
-    except Exception:  # noqa: BLE001 - best effort for a malformed request
-        return None
-    return value if isinstance(value, int) else None
+def _undecodable(head: Mapping[str, Any], exc: Exception) -> Err:
+    if "flow_slug" not in head:
+        return Err(f"Malformed task request: {serialize_error(exc)}", "MalformedRequest")
+    where = f"Flow {head['flow_slug']!r}, step {head.get('step_slug')!r}, run {head.get('run_id')}"
+    return Err(jsondata.undecodable_input(where, serialize_error(exc)), "InputNotDecodable")
 
 
 def _answer(meta: dict[str, Any], result: Result, started: float) -> bytes:

@@ -76,7 +76,10 @@ def _answer(conn: psycopg.Connection, task: ClaimedTask, result: Ok[Any] | Err) 
             case Ok(output):
                 answered = worker_api.complete(conn, [(task.task_id, task.token, output)])
             case Err(message):
-                answered = worker_api.fail(conn, [(task.task_id, task.token, message)])
+                # Type and traceback are kept with the attempt, as the supervisor keeps them.
+                details = {"type": result.error_type, "traceback": result.traceback}
+                answered = worker_api.fail(conn, [(task.task_id, task.token, message,
+                                                   {k: v for k, v in details.items() if v})])
         if task.task_id not in answered.deferred:
             return
         time.sleep(DEFERRED_RETRY_SECONDS)

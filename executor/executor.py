@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import re
 import signal
 import threading
 import time
@@ -25,12 +24,11 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 import psycopg
 
 from executor.log_context import task_logging
 from executor.result import Err, Ok, Result, Timeout
-from pgflow import queries
+from pgflow import jsondata, queries
 from pgflow.context import Context
 from pgflow.flow import Flow, Handler, Step
 from pgflow.task import ClaimedTask
@@ -124,11 +122,13 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     if isinstance(handler, Err):
         return handler
     ctx = build_context(task, conn)
-    prepared = prepare_input(task, ctx, flow.get_step(task.step_slug))
+    step = flow.get_step(task.step_slug)
+    prepared = prepare_input(task, ctx, step)
     if isinstance(prepared, Err):
         return prepared
     with task_logging(ctx):  # log records from the handler carry run, step and attempt
-        result = execute_with_timeout(handler.value, prepared.value, ctx, timeout)
+        result = execute_with_timeout(handler.value, prepared.value, ctx, timeout,
+                                      with_ctx=step is None or step.takes_ctx)
     if isinstance(result, Err):
         return result
     data = encode_output(result.value)
@@ -142,20 +142,23 @@ def execute(flow: Flow, task: ClaimedTask, conn: ConnectionSource,
     return data if encoded else Ok(result.value)
 
 
-def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Result:
-    """Call `handler(input, ctx)`; a `Timeout` err if it overruns `timeout_ms`.
+def execute_with_timeout(handler: Handler, input: Any, ctx: Context, timeout_ms: int, *,
+                         with_ctx: bool = True) -> Result:
+    """Call `handler(input, ctx)` (`handler(input)` when `with_ctx` is False,
+    for handlers defined without ctx); a `Timeout` err if it overruns `timeout_ms`.
 
     Not re-entrant: one task at a time per process (the SIGALRM timer and the
     event loop are per process).
     """
     started = time.monotonic()
+    args = (input, ctx) if with_ctx else (input,)
     try:
         if inspect.iscoroutinefunction(handler):
-            output = _run_awaitable(handler(input, ctx), timeout_ms)
+            output = _run_awaitable(handler(*args), timeout_ms)
         elif threading.current_thread() is threading.main_thread():
-            output = _run_with_alarm(handler, input, ctx, timeout_ms)
+            output = _run_with_alarm(handler, args, timeout_ms)
         else:
-            output = _run_in_abandonable_thread(handler, input, ctx, timeout_ms)
+            output = _run_in_abandonable_thread(handler, args, ctx, timeout_ms)
         if inspect.isawaitable(output):  # a plain callable that returned a coroutine
             spent_ms = (time.monotonic() - started) * 1000
             output = _run_awaitable(output, max(timeout_ms - spent_ms, 0))
@@ -182,7 +185,7 @@ def format_traceback(exc: BaseException) -> str:
     return f"[{len(data) - len(kept.encode())} bytes cut]...{kept}"
 
 
-def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int) -> Any:
+def _run_with_alarm(handler: Handler, args: tuple[Any, ...], timeout_ms: int) -> Any:
     fired = False
 
     def on_alarm(signum: int, frame: object) -> None:
@@ -196,7 +199,7 @@ def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int)
     started = time.monotonic()
     try:
         try:
-            output = handler(input, ctx)
+            output = handler(*args)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
@@ -209,7 +212,7 @@ def _run_with_alarm(handler: Handler, input: Any, ctx: Context, timeout_ms: int)
     return output
 
 
-def _run_in_abandonable_thread(handler: Handler, input: Any, ctx: Context,
+def _run_in_abandonable_thread(handler: Handler, args: tuple[Any, ...], ctx: Context,
                                timeout_ms: int) -> Any:
     """Off the main thread no signal can interrupt the handler: on timeout the
     daemon thread is abandoned, still running, until the supervisor kills the process."""
@@ -217,7 +220,7 @@ def _run_in_abandonable_thread(handler: Handler, input: Any, ctx: Context,
 
     def target() -> None:
         try:
-            outcome["output"] = handler(input, ctx)
+            outcome["output"] = handler(*args)
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller
             outcome["error"] = exc
 
@@ -260,50 +263,21 @@ def _run_awaitable(awaitable: Awaitable[Any], timeout_ms: float) -> Any:
 
 
 def encode_output(output: Any) -> Result:
-    """`Ok(bytes)` holding the output as JSON, or `Err` saying what cannot be encoded.
-
-    Strict JSON: object keys must be str. Strings holding NUL are refused too,
-    since Postgres jsonb cannot store them and would fail the whole completion batch.
+    """`Ok(bytes)` holding the output as JSON, or `Err` saying what cannot be stored
+    and where (see pgflow.jsondata: plain JSON data only; NaN, Infinity,
+    datetimes, UUIDs, sets, strings holding NUL and the like are refused
+    rather than silently converted or left to fail the whole completion batch).
     """
     try:
-        data = orjson.dumps(output)
-    except TypeError as exc:
-        return Err(f"Output is not JSON-serializable: {exc}{_locate_unencodable(output)}",
-                   "OutputNotSerializable")
-    if b"\\u0000" in data and _ESCAPED_NUL.search(data):
-        return Err("Output is not JSON-serializable: it contains a NUL character (\\u0000), "
-                   "which Postgres jsonb cannot store", "OutputNotSerializable")
-    return Ok(data)
-
-
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+        return Ok(jsondata.encode(output))
+    except jsondata.NotJsonError as exc:
+        return Err(f"Output is not JSON-serializable: {exc}", "OutputNotSerializable")
 
 
 def serialize_output(output: Any) -> Result:
     """`Ok(output)` (unchanged, so it compares equal) if it can be stored as JSON, else `Err`."""
     encoded = encode_output(output)
     return Ok(output) if isinstance(encoded, Ok) else encoded
-
-
-def _locate_unencodable(value: Any, path: str = "$") -> str:
-    """' (at $.items[2], a set)' for the first part of `value` orjson refuses, or ''."""
-    if isinstance(value, dict):
-        bad_key = next((k for k in value if not isinstance(k, str)), _NONE)
-        if bad_key is not _NONE:
-            return f" (at {path}, key {bad_key!r} of type {type(bad_key).__name__})"
-        children: Any = ((f"{path}.{k}", v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        try:
-            orjson.dumps(value)
-            return ""
-        except TypeError:
-            return f" (at {path}, a {type(value).__name__})"
-    return next((found for p, v in children if (found := _locate_unencodable(v, p))), "")
-
-
-_NONE = object()
 
 
 def serialize_error(error: object) -> str:

@@ -193,6 +193,20 @@ def decode_request(body: bytes) -> ClaimedTask:
     )
 
 
+def request_head(body: bytes) -> dict[str, Any]:
+    """Everything a request carries but its input (task id, token, run id,
+    slugs, ...), or {} if even that is malformed: the executor still names
+    the task when the input cannot be decoded (JSON that Postgres accepts
+    but Python cannot read: nesting past 1024 levels, a number beyond a
+    double's range)."""
+    end = body.find(b',"input":')
+    try:
+        head = orjson.loads(body if end < 0 else body[:end] + b"}")
+    except orjson.JSONDecodeError:
+        return {}
+    return head if isinstance(head, dict) else {}
+
+
 # -- answers -------------------------------------------------------------------
 
 

@@ -4,12 +4,13 @@ Applications import only this package: define flows with `Flow`, run them
 with `Client`. Handlers receive a `Context`.
 """
 
-from pgflow.client import Client, Run, RunSummary, StepState
+from pgflow.client import Client, PruneResult, Run, RunSummary, StepState
 from pgflow.context import Context
 from pgflow.errors import (
     FlowDefinitionError,
     FlowNotFoundError,
     InvalidInputError,
+    PermissionDeniedError,
     PgflowError,
     RunNotFoundError,
     ShapeConflictError,
@@ -27,7 +28,9 @@ __all__ = [
     "FlowDefinitionError",
     "FlowNotFoundError",
     "InvalidInputError",
+    "PermissionDeniedError",
     "PgflowError",
+    "PruneResult",
     "Run",
     "RunNotFoundError",
     "RunSummary",

@@ -25,3 +25,7 @@ class ShapeConflictError(PgflowError):
 
 class RunNotFoundError(PgflowError, LookupError):
     """No run has the given run id."""
+
+
+class PermissionDeniedError(PgflowError, PermissionError):
+    """The database role lacks a right this call needs (see the roles in deploy/README.md)."""

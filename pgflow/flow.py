@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pgflow.conditions import Condition, WhenExhausted, WhenUnmet, build_condition, json_pattern
 from pgflow.errors import FlowDefinitionError
+from pgflow.handlers import takes_ctx
+from pgflow.schedule import Schedule, ScheduleError
 
 SLUG_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_SLUG_LENGTH = 128
@@ -34,6 +37,8 @@ MAX_MAX_ATTEMPTS = 1000
 MAX_BASE_DELAY = 3600.0
 MAX_TIMEOUT = 7 * 24 * 3600.0
 MAX_START_DELAY = 30 * 24 * 3600.0
+# Tasks of one flow (or step) started at once, across every supervisor.
+MAX_CONCURRENCY = 100_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class Step:
     step_type: StepType
     depends_on: tuple[str, ...]
     options: StepOptions
+    condition: Condition = field(default_factory=Condition)
+    # The handler takes (input, ctx); False: (input) alone.
+    takes_ctx: bool = True
+    max_concurrency: int | None = None
 
     @property
     def is_root(self) -> bool:
@@ -87,17 +96,23 @@ def _check_number(
     kind = "an integer" if integer else "a number"
     allowed = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed):
-        raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {value!r}")
+        raise FlowDefinitionError(f"{where}: {name} must be {kind}, got {_short(value)}")
     too_small = value <= minimum if strict else value < minimum
     if too_small or value != value or value > maximum:
         low = f"> {minimum:g}" if strict else f">= {minimum:g}"
         unit = "" if integer else " seconds"
         raise FlowDefinitionError(
-            f"{where}: {name} must be {low} and <= {maximum:g}{unit}, got {value!r}"
+            f"{where}: {name} must be {low} and <= {maximum:g}{unit}, got {_short(value)}"
         )
 
 
-def _check_options(where: str, options: Mapping[str, Any]) -> None:
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _check_options(where: str, options: Mapping[str, Any], *, allow_none: bool = True) -> None:
+    """Check each option's type and range; None means "inherit" where allow_none."""
     rules = {
         "max_attempts": dict(minimum=1, maximum=MAX_MAX_ATTEMPTS, integer=True, strict=False),
         "base_delay": dict(minimum=0, maximum=MAX_BASE_DELAY, integer=False, strict=False),
@@ -105,8 +120,14 @@ def _check_options(where: str, options: Mapping[str, Any]) -> None:
         "start_delay": dict(minimum=0, maximum=MAX_START_DELAY, integer=False, strict=False),
     }
     for name, value in options.items():
-        if value is not None:
+        if value is not None or not allow_none:
             _check_number(where, name, value, **rules[name])  # type: ignore[arg-type]
+
+
+def _check_concurrency(where: str, value: object) -> None:
+    if value is not None:
+        _check_number(where, "max_concurrency", value, minimum=1, maximum=MAX_CONCURRENCY,
+                      integer=True, strict=False)
 
 
 class Flow:
@@ -124,18 +145,37 @@ class Flow:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         base_delay: float = DEFAULT_BASE_DELAY,
         timeout: float = DEFAULT_TIMEOUT,
+        max_concurrency: int | None = None,
+        schedule: str | None = None,
+        schedule_input: Any = None,
+        timezone: str = "UTC",
+        catch_up: bool = False,
     ) -> None:
         problem = _slug_problem(slug)
         if problem:
             raise FlowDefinitionError(f"Flow {slug!r}: {problem}")
+        where = f"Flow {slug!r}"
         _check_options(
-            f"Flow {slug!r}",
-            {"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            where, {"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            allow_none=False,
         )
+        _check_concurrency(where, max_concurrency)
         self.slug = slug
         self.max_attempts = max_attempts
         self.base_delay = float(base_delay)
         self.timeout = float(timeout)
+        self.max_concurrency = max_concurrency
+        self.schedule: Schedule | None = None
+        if schedule is not None:
+            try:
+                self.schedule = Schedule(schedule, json_pattern(where, "schedule_input",
+                                                                 schedule_input),
+                                         timezone, catch_up)
+            except ScheduleError as exc:
+                raise FlowDefinitionError(f"{where}: {exc}") from None
+        elif schedule_input is not None or catch_up or timezone != "UTC":
+            raise FlowDefinitionError(f"{where}: schedule_input, timezone and catch_up need "
+                                      "schedule='<cron expression>'")
         self._steps: dict[str, Step] = {}
 
     def __repr__(self) -> str:
@@ -152,15 +192,20 @@ class Flow:
         base_delay: float | None = None,
         timeout: float | None = None,
         start_delay: float | None = None,
+        max_concurrency: int | None = None,
+        if_: Any = None,
+        if_not: Any = None,
+        when_unmet: WhenUnmet = "skip",
+        when_exhausted: WhenExhausted = "fail",
     ) -> Callable[[Handler], Handler]:
         """Declare a single step: one task, input is the flow input (root step)
         or a dict of dependency outputs keyed by step slug."""
-        if isinstance(depends_on, str):
-            depends_on = [depends_on]
+        deps = self._dependencies(slug, depends_on)
         options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+        rules = (if_, if_not, when_unmet, when_exhausted, max_concurrency)
 
         def decorate(handler: Handler) -> Handler:
-            self._add(handler, slug, "single", tuple(depends_on), options)
+            self._add(handler, slug, "single", deps, options, *rules)
             return handler
 
         return decorate
@@ -174,6 +219,11 @@ class Flow:
         base_delay: float | None = None,
         timeout: float | None = None,
         start_delay: float | None = None,
+        max_concurrency: int | None = None,
+        if_: Any = None,
+        if_not: Any = None,
+        when_unmet: WhenUnmet = "skip",
+        when_exhausted: WhenExhausted = "fail",
     ) -> Callable[[Handler], Handler]:
         """Declare a map step: one task per element of `array`'s output, or of
         the flow input when `array` is None (a root map)."""
@@ -185,12 +235,24 @@ class Flow:
             )
         options = StepOptions(max_attempts, base_delay, timeout, start_delay)
         deps = (array,) if array else ()
+        rules = (if_, if_not, when_unmet, when_exhausted, max_concurrency)
 
         def decorate(handler: Handler) -> Handler:
-            self._add(handler, slug, "map", deps, options)
+            self._add(handler, slug, "map", deps, options, *rules)
             return handler
 
         return decorate
+
+    def _dependencies(self, slug: str | None, depends_on: object) -> tuple[str, ...]:
+        if isinstance(depends_on, str):
+            return (depends_on,)
+        try:
+            return tuple(depends_on)  # type: ignore[arg-type]
+        except TypeError:
+            raise FlowDefinitionError(
+                f"Flow {self.slug!r}, step {slug or '<step>'!r}: depends_on must be a list of "
+                f"step slugs, got {_short(depends_on)}"
+            ) from None
 
     def _add(
         self,
@@ -199,6 +261,11 @@ class Flow:
         step_type: StepType,
         depends_on: tuple[str, ...],
         options: StepOptions,
+        if_: Any = None,
+        if_not: Any = None,
+        when_unmet: object = "skip",
+        when_exhausted: object = "fail",
+        max_concurrency: int | None = None,
     ) -> None:
         if not callable(handler):
             raise FlowDefinitionError(
@@ -224,7 +291,10 @@ class Flow:
         if step_type == "map" and len(depends_on) > 1:
             raise FlowDefinitionError(f"{where}: a map step has at most one dependency")
         _check_options(where, options.as_dict())
-        self._steps[step_slug] = Step(step_slug, handler, step_type, depends_on, options)
+        _check_concurrency(where, max_concurrency)
+        condition = build_condition(where, if_, if_not, when_unmet, when_exhausted)
+        self._steps[step_slug] = Step(step_slug, handler, step_type, depends_on, options,
+                                      condition, takes_ctx(where, handler), max_concurrency)
 
     # -- reading ------------------------------------------------------------
 
@@ -248,6 +318,14 @@ class Flow:
                         f"Flow {self.slug!r}, step {step.slug!r}: depends on unknown step "
                         f"{dep!r} (steps of this flow: {known})"
                     )
+        if self.schedule is not None:
+            for step in self._steps.values():
+                if step.step_type == "map" and step.is_root and not isinstance(
+                        self.schedule.input, list):
+                    raise FlowDefinitionError(
+                        f"Flow {self.slug!r}, step {step.slug!r}: a root map step maps over the "
+                        f"run input, so schedule_input must be a list, got "
+                        f"{self.schedule.input!r}")
         return self._topological_order()
 
     def _topological_order(self) -> list[Step]:
@@ -273,19 +351,30 @@ class Flow:
         Dependencies are sorted: the order they are declared in is not shape."""
         return {
             "steps": [
-                {"slug": s.slug, "type": s.step_type, "depends_on": sorted(s.depends_on)}
+                {"slug": s.slug, "type": s.step_type, "depends_on": sorted(s.depends_on),
+                 **s.condition.shape()}
                 for s in self.validate()
             ]
         }
 
     def options(self) -> dict[str, Any]:
-        """Options that may change in place between registrations."""
+        """Options that may change in place between registrations: retries,
+        timeouts, delays, concurrency limits and the schedule."""
         return {
             "max_attempts": self.max_attempts,
             "base_delay": self.base_delay,
             "timeout": self.timeout,
-            "steps": {slug: s.options.as_dict() for slug, s in self._steps.items()},
+            "max_concurrency": self.max_concurrency,
+            "schedule": self.schedule.as_dict() if self.schedule else None,
+            "steps": {slug: _step_options(s) for slug, s in self._steps.items()},
         }
+
+
+def _step_options(step: Step) -> dict[str, Any]:
+    options: dict[str, Any] = dict(step.options.as_dict())
+    if step.max_concurrency is not None:
+        options["max_concurrency"] = step.max_concurrency
+    return options
 
 
 def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str]:

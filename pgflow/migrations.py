@@ -1,9 +1,16 @@
-"""Ordered, recorded schema migrations from pgflow/sql/migrations/NNNN_name.sql.
+"""Ordered, recorded schema migrations from pgflow/sql/migrations/NNNN_name.sql,
+then least privilege (pgflow/sql/permissions.sql) on every migrate.
 
 All pending migrations apply in one transaction under an advisory lock, so
 several processes may migrate at once: one applies, the others wait and then
 find nothing to do. An applied migration whose file changed is an error, not
 something to paper over.
+
+Only the schema's owner (or a role that may create it) changes anything. A
+role without that right (a supervisor running as pgflow_worker with
+PGFLOW_MIGRATE=true) finds nothing to do when the schema is up to date, and
+a clear error when it is not. `roles=True` also creates the roles of
+pgflow/sql/roles.sql (it needs CREATEROLE).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from importlib import resources
 
 import psycopg
 
-from pgflow.errors import PgflowError
+from pgflow.errors import PermissionDeniedError, PgflowError
 
 # pg_advisory_xact_lock(classid, objid): "pgflow" / "migrate"
 _LOCK = (0x70676677, 1)
@@ -54,11 +61,40 @@ def pending(conn: psycopg.Connection) -> list[Migration]:
     return [m for m in available() if m.version not in applied]
 
 
-def migrate(conn: psycopg.Connection) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+ROLES = ("pgflow_app", "pgflow_worker")
+
+
+def _sql(name: str) -> bytes:
+    return resources.files("pgflow").joinpath("sql", f"{name}.sql").read_bytes()
+
+
+def may_change_schema(conn: psycopg.Connection) -> bool:
+    """Whether the current role owns schema pgflow (or may create it, when absent)."""
+    row = conn.execute(
+        "select coalesce((select pg_has_role(current_user, nspowner, 'USAGE') "
+        "                 from pg_namespace where nspname = 'pgflow'), "
+        "                has_database_privilege(current_database(), 'CREATE'))"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def missing_roles(conn: psycopg.Connection) -> list[str]:
+    """The roles of roles.sql that this cluster does not have yet."""
+    present = {name for (name,) in conn.execute(
+        "select rolname from pg_roles where rolname = any (%s)", (list(ROLES),))}
+    return [role for role in ROLES if role not in present]
+
+
+def migrate(conn: psycopg.Connection, *, roles: bool = False) -> list[str]:
+    """Apply pending migrations, then permissions.sql; return the names
+    applied (empty when up to date). With roles=True, create the roles of
+    roles.sql first when they are missing."""
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s, %s)", _LOCK)
+        if not may_change_schema(conn):
+            _refuse_unless_current(conn, roles)
+            return []
         conn.execute("create schema if not exists pgflow")
         conn.execute(
             """
@@ -88,4 +124,25 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                 (migration.version, migration.name, migration.checksum),
             )
             applied_now.append(f"{migration.version:04d}_{migration.name}")
+        if roles and missing_roles(conn):
+            conn.execute(_sql("roles"))
+        conn.execute(_sql("permissions"))
     return applied_now
+
+
+def _refuse_unless_current(conn: psycopg.Connection, roles: bool) -> None:
+    """For a role that may not change the schema: nothing to do when it is
+    current, else a PgflowError saying who can do it."""
+    waiting = pending(conn)
+    if not waiting and not (roles and missing_roles(conn)):
+        return
+    owner = conn.execute("select coalesce((select nspowner::regrole::text from pg_namespace "
+                         "where nspname = 'pgflow'), 'a role that may create it')").fetchone()
+    who = conn.execute("select current_user").fetchone()
+    assert owner is not None and who is not None
+    what = (f"apply migrations ({', '.join(f'{m.version:04d}_{m.name}' for m in waiting)})"
+            if waiting else f"create the roles {', '.join(missing_roles(conn))}")
+    raise PermissionDeniedError(
+        f"role {who[0]!r} cannot {what} in database {conn.info.dbname!r}: it does not own "
+        f"schema pgflow. Run `pgflow migrate{' --roles' if roles else ''}` as {owner[0]} (the "
+        "owner), then start this process again")

@@ -21,6 +21,14 @@ class StepState:
     started_at: datetime | None
     completed_at: datetime | None
     failed_at: datetime | None
+    # The error of every failed attempt of the step's tasks, oldest first:
+    # {"attempt", "error", "at", "type", "traceback", "task_index"}, and
+    # "retry" (how many retries the run had had) on attempts made before the
+    # run was retried. Type and traceback are there when the handler raised.
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    # Set when status is "skipped": condition_unmet, dependency_skipped or handler_failed.
+    skip_reason: str | None = None
+    skipped_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,11 @@ class Run:
     completed_at: datetime | None
     failed_at: datetime | None
     cancelled_at: datetime | None
+    key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     steps: dict[str, StepState] = field(default_factory=dict)
+    retry_count: int = 0  # times Client.retry_run resumed it
+    retried_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -60,6 +72,8 @@ class RunSummary:
     failed_at: datetime | None
     cancelled_at: datetime | None
     duration_s: float | None  # start to finish; None while it runs
+    key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished_at(self) -> datetime | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Conditions are part of the shape; absent keys mean the defaults.
+CONDITION_KEYS = {"if": None, "if_not": None, "when_unmet": "skip", "when_exhausted": "fail"}
+
 
 def describe_differences(registered: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per difference between two shapes ({"steps": [...]})."""
@@ -22,6 +25,10 @@ def describe_differences(registered: dict[str, Any], new: dict[str, Any]) -> lis
             lines.append(
                 f"step {slug!r} depends on {cur['depends_on']} instead of {old['depends_on']}"
             )
+        for key, default in CONDITION_KEYS.items():
+            before, after = old.get(key, default), cur.get(key, default)
+            if before != after:
+                lines.append(f"step {slug!r} changed its condition ({key}: {before!r} -> {after!r})")
     if not lines and [s["slug"] for s in registered.get("steps", [])] != list(new_steps):
         lines.append("the steps are in a different order")
     return sorted(lines)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from pgflow import queries
+from pgflow import jsondata, queries
 from pgflow.task import ClaimedTask
 
 DEFAULT_LEASE_GRACE = 30.0
@@ -52,12 +52,22 @@ def claim(
 ) -> list[ClaimedTask]:
     """Claim up to `limit` visible tasks of `flows`, oldest first."""
     rows = _rows(conn, "claim", (worker_id, list(flows), limit, lease_grace))
-    return [
-        ClaimedTask(task_id, token, run_id, flow, step, index, attempt, timeout_ms,
-                    orjson.loads(input), is_flow_input, waited)
-        for task_id, token, run_id, flow, step, index, attempt, timeout_ms, input,
-        is_flow_input, waited in rows
-    ]
+    tasks, undecodable = [], []
+    for task_id, token, run_id, flow, step, index, attempt, timeout_ms, input, is_flow_input, \
+            waited in rows:
+        try:
+            value = orjson.loads(input)
+        except orjson.JSONDecodeError as exc:
+            # JSON Postgres holds but Python cannot (from SQL: nesting past
+            # 1024 levels, a number beyond a double): fail this task, not the claim.
+            where = f"Flow {flow!r}, step {step!r}, run {run_id}"
+            undecodable.append((task_id, token, jsondata.undecodable_input(where, str(exc)),
+                                {"type": "InputNotDecodable"}))
+            continue
+        tasks.append(ClaimedTask(task_id, token, run_id, flow, step, index, attempt, timeout_ms,
+                                 value, is_flow_input, waited))
+    fail(conn, undecodable)
+    return tasks
 
 
 @dataclass(frozen=True, slots=True)

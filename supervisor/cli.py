@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+import psycopg
+
 import pgflow
 from pgflow import PgflowError
 from supervisor.commands import (
@@ -15,10 +17,13 @@ from supervisor.commands import (
     demo,
     flows,
     migrate,
+    prune,
+    retry,
     runs,
     show_run,
     start,
     supervise,
+    top,
     workers,
 )
 from supervisor.preflight import EXIT_CONFIG, Problem
@@ -29,7 +34,7 @@ EXIT_USAGE = 2
 __all__ = ["EXIT_CONFIG", "EXIT_USAGE", "main"]
 
 COMMANDS: list[ModuleType] = [
-    demo, supervise, migrate, flows, start, runs, show_run, cancel, workers]
+    demo, supervise, migrate, flows, start, runs, show_run, cancel, retry, prune, workers, top]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return problem.exit_code
     except PgflowError as exc:
         print(f"pgflow {args.command}: {mask_password(str(exc))}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:  # one line, not a traceback (a missing right, a lost server)
+        reason = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
+        print(f"pgflow {args.command}: the database refused: {mask_password(reason)}",
+              file=sys.stderr)
         return 1
 
 

@@ -8,6 +8,7 @@ bytes as the executors sent them.
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ import orjson
 
 from pgflow import queries
 from supervisor.pgconn import ConnectionLost, Rows, Statement, StatementError
+from supervisor.schedules import TickResult
 from supervisor.tasks import CLAIM_COLUMNS, HeldTask, from_claim_row
 
 Failure = StatementError | ConnectionLost
@@ -148,3 +150,39 @@ def notification_queue_usage(on_usage: Callable[[float], None],
                              on_failure: Callable[[Failure], None]) -> Statement:
     return _statement("notification_queue_usage", (),
                       lambda rows: on_usage(float(rows.values[0][0] or 0)), on_failure)
+
+
+def retention_tick(worker_id: uuid.UUID, older_than: float, limit: int, tick: float,
+                   on_result: Callable[[bool, int, int], None],
+                   on_failure: Callable[[Failure], None]) -> Statement:
+    """Prune a batch if this worker holds the tick: on_result(ran, runs, tasks)."""
+    def parse(rows: Rows) -> None:
+        ran, runs, tasks = rows.values[0]
+        on_result(ran == b"t", int(runs or 0), int(tasks or 0))
+
+    return _statement("retention_tick", (str(worker_id), repr(older_than), str(limit), repr(tick)),
+                      parse, on_failure)
+
+
+def report_worker(worker_id: uuid.UUID, executors: int, busy: int, buffered: int,
+                  succeeded: int, failed: int, on_failure: Callable[[Failure], None]) -> Statement:
+    return _statement("report_worker", (str(worker_id), str(executors), str(busy), str(buffered),
+                                        str(succeeded), str(failed)),
+                      lambda rows: None, on_failure)
+
+
+def start_due_ticks(items: Sequence[dict[str, Any]],
+                    on_results: Callable[[list[TickResult]], None],
+                    on_failure: Callable[[Failure], None]) -> Statement:
+    """Due schedule ticks (supervisor.schedules.Scheduler.due) -> runs started once each."""
+    def parse(rows: Rows) -> None:
+        results = []
+        for flow, last_tick_at, started, error in rows.values:
+            assert flow is not None
+            when = (None if last_tick_at is None else
+                    datetime.datetime.fromtimestamp(float(last_tick_at), datetime.UTC))
+            results.append(TickResult(flow.decode(), when, int(started or 0),
+                                      error.decode() if error else None))
+        on_results(results)
+
+    return _statement("start_due_ticks", (orjson.dumps(items),), parse, on_failure)

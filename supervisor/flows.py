@@ -40,7 +40,7 @@ def _load_spec(spec: str) -> list[Flow]:
         sys.path.insert(0, "")  # like `python -m`: modules in the working directory import
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken module too
         raise FlowImportError(_import_failure(module_name, exc)) from exc
     if attribute:
         value = getattr(module, attribute, _MISSING)
@@ -72,7 +72,7 @@ def _top_level_flows(module: object) -> list[str]:
     return [name for name, value in vars(module).items() if isinstance(value, Flow)]
 
 
-def _import_failure(module_name: str, exc: Exception) -> str:
+def _import_failure(module_name: str, exc: BaseException) -> str:
     """One line: the module could not be found (check the path), or it raised
     while importing (where, and what)."""
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]

@@ -196,6 +196,13 @@ class Metrics:
             "pgflow_supervisor_start_time_seconds", "Unix time the supervisor started.", registry=r
         )
 
+        # Plain tallies for the worker's row in pgflow.workers (`pgflow top`).
+        self.attempts_succeeded = 0
+        self.attempts_failed = 0
+        self.executors_busy = 0
+        self.executors_total = 0
+        self.tasks_buffered = 0
+
         self._info.info({str(k): str(v) for k, v in (info or {}).items()})
         self._start_time.set(time.time() if start_time is None else start_time)
         # Known label values start at 0, so rate() and alerts see the first event.
@@ -232,8 +239,10 @@ class Metrics:
         _check("task outcome", outcome, OUTCOMES)
         self._task_duration.labels(flow, step, outcome).observe(max(duration_s, 0.0))
         if outcome == "success":
+            self.attempts_succeeded += 1
             self._completed.labels(flow, step).inc()
             return
+        self.attempts_failed += 1
         self._failed.labels(flow, step, outcome).inc()
         if outcome == "timeout":
             self._timed_out.labels(flow, step).inc()
@@ -262,10 +271,12 @@ class Metrics:
         self._wakeups.labels(source).inc()
 
     def set_executors(self, idle: int, busy: int) -> None:
+        self.executors_busy, self.executors_total = busy, idle + busy
         self._executors.labels("idle").set(idle)
         self._executors.labels("busy").set(busy)
 
     def set_in_flight(self, running: int, buffered: int) -> None:
+        self.tasks_buffered = buffered
         self._in_flight.labels("running").set(running)
         self._in_flight.labels("buffered").set(buffered)
 

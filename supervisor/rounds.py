@@ -9,8 +9,12 @@ not undo the rest:
 3. a claim and the time the next delayed task is due, committed without
    waiting for the WAL flush (a claim lost in a crash only queues its tasks
    again, and its token fences the lost claim's answers);
-4. the worker's registration, heartbeat (which reports tasks no longer held)
-   and lease expiry of other supervisors' tasks, queue statistics.
+4. the worker's registration, heartbeat (which reports tasks no longer held),
+   what the worker reports for `pgflow top` and lease expiry of
+   other supervisors' tasks, queue statistics;
+5. with `--retention`, at each tick, a batch of finished runs pruned if this
+   supervisor wins the tick (see supervisor/retention.py);
+6. due schedule ticks (start_due_ticks), when the "schedules" timer fired.
 
 Every transaction sets its own lock and statement timeouts (never session
 state), so the connection may go through a transaction pooler.
@@ -19,17 +23,20 @@ state), so the connection may go through a transaction pooler.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from supervisor import engine
+from supervisor import durations, engine
 from supervisor.answers import PendingAnswers
 from supervisor.engine import Failure
 from supervisor.metrics import Metrics, WakeupSource
 from supervisor.pgconn import Statement, Transaction
+from supervisor.retention import RetentionChore
+from supervisor.schedules import Scheduler, TickResult
 from supervisor.settings import Settings
 from supervisor.tasks import HeldTask
 
@@ -41,12 +48,16 @@ log = logging.getLogger("pgflow.supervisor")
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "60s"
 CLAIM_RETRY_SECONDS = 1.0
+# Schedules: look a little after a tick is due (the loop's clock and the
+# wall clock are not the same), and at most this often after an answer.
+SCHEDULE_MARGIN = 0.02
+SCHEDULE_PAUSE = 0.2
 
 
 class Rounds:
     def __init__(self, settings: Settings, flows: Sequence[str], metrics: Metrics,
                  buffer: collections.deque[HeldTask], held: Callable[[], list[HeldTask]],
-                 worker_id: uuid.UUID | None = None) -> None:
+                 worker_id: uuid.UUID | None = None, scheduler: Scheduler | None = None) -> None:
         self._settings = settings
         self._flows = list(flows)
         self._metrics = metrics
@@ -59,8 +70,16 @@ class Rounds:
         self.stats_due = False
         self.register_due = False
         self.stop_due = False
+        self.retention_due = False
+        self.retention = (RetentionChore(settings.retention) if settings.retention else None)
+        # Monotonic time of the next retention tick, for the loop's timer (it clears it).
+        self.next_retention: float | None = (
+            self.retention.first_at(time.monotonic()) if self.retention else None)
         self.releases: list[HeldTask] = []
         self._releasing: list[HeldTask] = []
+        self.scheduler = scheduler
+        self.schedules_due = False  # the "schedules" timer fired
+        self.next_schedule_at: float | None = None  # monotonic; the loop arms its timer
         self._session = {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}
 
     # -- what the loop tells us ----------------------------------------------------
@@ -76,6 +95,8 @@ class Rounds:
     def on_database_up(self) -> None:
         """(Re)connected: notifications may have been lost meanwhile, so claim once."""
         self.register_due = self.dirty = True
+        if self.scheduler:
+            self.schedules_due = True
 
     def release(self, tasks: list[HeldTask]) -> None:
         self.releases += tasks
@@ -91,7 +112,9 @@ class Rounds:
 
     def has_work(self, answers: PendingAnswers, claim_size: int) -> bool:
         return bool(answers.sendable() or self.releases or claim_size or self.heartbeat_due
-                    or self.stats_due or self.register_due or self.stop_due)
+                    or self.stats_due or self.register_due or self.stop_due
+                    or self.retention_due or self.schedules_due
+                    or self.next_schedule_at is not None)  # the loop arms its timer first
 
     # -- composing a round ------------------------------------------------------------
 
@@ -114,6 +137,11 @@ class Rounds:
             transactions.append(Transaction([engine.heartbeat(
                 self.worker_id, held, self._settings.lease_grace, self._drop_lost,
                 self._failed("heartbeat"))]))
+            # A transaction of its own: a report that fails must not undo the heartbeat.
+            m = self._metrics
+            transactions.append(Transaction([engine.report_worker(
+                self.worker_id, m.executors_total, m.executors_busy, m.tasks_buffered,
+                m.attempts_succeeded, m.attempts_failed, self._failed("report"))]))
             transactions.append(Transaction([engine.requeue_expired(
                 1000, self._requeued, self._failed("requeue"))]))
         if self.stats_due:
@@ -122,6 +150,14 @@ class Rounds:
                 engine.queue_stats(self._flows, self._metrics.set_queue, self._failed("stats")),
                 engine.notification_queue_usage(self._metrics.set_notification_queue_usage,
                                                 self._failed("stats"))]))
+        if self.retention_due and self.retention is not None:
+            self.retention_due = False
+            transactions.append(Transaction([self._retention_statement(self.retention)]))
+        if self.schedules_due and not self.stop_due:
+            self.schedules_due = False
+            statement = self._schedules_statement()
+            if statement is not None:
+                transactions.append(Transaction([statement]))
         if self.stop_due and not self.releases and not self._releasing:
             self.stop_due = False
             transactions.append(Transaction([engine.stop_worker(
@@ -159,6 +195,54 @@ class Rounds:
                              claimed, failed),
                 engine.next_due(self._flows, due_in, lambda failure: None)]
 
+    def _retention_statement(self, chore: RetentionChore) -> Statement:
+        started = time.perf_counter()
+
+        def pruned(ran: bool, runs: int, tasks: int) -> None:
+            self._metrics.db_roundtrip("retention", time.perf_counter() - started)
+            if runs:
+                log.info("retention: pruned %d runs (%d tasks) finished more than %s ago", runs,
+                         tasks, durations.format_seconds(chore.older_than))
+            self.next_retention = chore.next_at(time.monotonic(), time.time(),
+                                                runs if ran else None)
+
+        def failed(failure: Failure) -> None:
+            self._failed("retention")(failure)
+            self.next_retention = chore.next_at(time.monotonic(), time.time(), None)
+
+        return engine.retention_tick(self.worker_id, chore.older_than, chore.batch_runs,
+                                     chore.tick, pruned, failed)
+
+    def _schedules_statement(self) -> Statement | None:
+        """Start the runs of due schedule ticks; when nothing is due, only say
+        when to look again."""
+        scheduler = self.scheduler
+        if not scheduler:
+            return None
+        now = datetime.datetime.now(datetime.UTC)
+        items = scheduler.due(now)
+        if not items:
+            self._schedule_next(scheduler, now, SCHEDULE_MARGIN)
+            return None
+
+        def done(results: list[TickResult]) -> None:
+            now = datetime.datetime.now(datetime.UTC)
+            scheduler.on_result(results, now)
+            # Not sooner than this: a tick the database's clock has not
+            # reached yet is asked for again shortly, not in a tight loop.
+            self._schedule_next(scheduler, now, SCHEDULE_PAUSE)
+
+        def failed(failure: Failure) -> None:
+            self._failed("schedules")(failure)
+            self.next_schedule_at = time.monotonic() + 1.0
+
+        return engine.start_due_ticks(items, done, failed)
+
+    def _schedule_next(self, scheduler: Scheduler, now: datetime.datetime,
+                       minimum: float) -> None:
+        wait = (scheduler.next_check(now) - now).total_seconds()
+        self.next_schedule_at = time.monotonic() + max(wait + SCHEDULE_MARGIN, minimum)
+
     def _release_statement(self) -> Statement:
         self._releasing, self.releases = self.releases, []
 
@@ -190,9 +274,15 @@ class Rounds:
                         "expired and another claim took them, or their run ended)", dropped)
 
     def drop_runs(self, run_ids: set[str]) -> None:
+        """Drop buffered tasks of runs whose tasks were cancelled, giving them
+        back: the release is fenced, so it changes nothing for a task that
+        was cancelled, and returns one claimed after a retry that came
+        between the cancel and its notification."""
         kept = [t for t in self._buffer if t.run_id not in run_ids]
+        dropped = [t for t in self._buffer if t.run_id in run_ids]
         self._buffer.clear()
         self._buffer.extend(kept)
+        self.release(dropped)
 
     def _requeued(self, count: int) -> None:
         if count:

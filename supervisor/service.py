@@ -2,7 +2,8 @@
 supervisor, run it. Exit codes (see supervisor.preflight): 0 after a stop;
 1 when a restart may help (the database cannot be reached in time, the
 metrics port is taken); 78 when it cannot (a shape conflict, credentials the
-database refuses, no such database, a missing schema). The systemd unit lists
+database refuses, no such database, a missing schema, a role that may not
+do what starting needs). The systemd unit lists
 78 in RestartPreventExitStatus=."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Mapping
 
 import pgflow
-from pgflow import Flow, ShapeConflictError
+from pgflow import Flow, PermissionDeniedError, ShapeConflictError
 from pgflow.db import conninfo
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
@@ -25,6 +26,7 @@ from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 from supervisor.preflight import EXIT_CONFIG, EXIT_RETRY, Problem
 from supervisor.rounds import Rounds
+from supervisor.schedules import Scheduler
 from supervisor.sdnotify import Notifier
 from supervisor.settings import Settings
 from supervisor.signals import SignalQueue
@@ -42,7 +44,7 @@ def serve(settings: Settings, flows: Mapping[str, Flow]) -> int:
     notifier = Notifier.from_environment()
     try:
         warnings = prepare(settings, flows, metrics, notifier)
-    except ShapeConflictError as exc:
+    except (ShapeConflictError, PermissionDeniedError) as exc:  # a restart cannot fix either
         raise Problem(str(exc), EXIT_CONFIG) from None
     for warning in warnings:
         log.warning("%s", warning)
@@ -80,7 +82,7 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
         in_executors = [t for child in pool.children.values() for t in child.tasks]
         return [*buffer, *in_executors, *answers.held(), *rounds.releases]
 
-    rounds = Rounds(settings, list(flows), metrics, buffer, held)
+    rounds = Rounds(settings, list(flows), metrics, buffer, held, scheduler=Scheduler(flows))
 
     def cancelled(run_ids: set[str]) -> None:
         rounds.drop_runs(run_ids)

@@ -13,12 +13,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from supervisor import durations
+
+HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PGFLOW_", extra="ignore")
+    # No NaN or Infinity: an infinite lease grace or interval breaks claims and timers.
+    model_config = SettingsConfigDict(env_prefix="PGFLOW_", extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(description="Postgres connection string")
     listen_url: str | None = Field(
@@ -44,24 +51,31 @@ class Settings(BaseSettings):
     )
     max_tasks_per_child: int = Field(default=0, ge=0, description="0: no limit")
     max_memory_per_child: int = Field(default=0, ge=0, description="MiB of peak RSS; 0: no limit")
-    shutdown_timeout: float = Field(default=30.0, ge=0,
+    shutdown_timeout: float = Field(default=30.0, ge=0, le=DAY,
                                     description="seconds a drain (TERM) waits for running tasks")
-    lease_grace: float = Field(default=30.0, gt=0,
+    lease_grace: float = Field(default=30.0, gt=0, le=DAY,
                                description="seconds a task's lease outlives its timeout")
-    heartbeat_interval: float = Field(default=5.0, gt=0,
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=HOUR,
                                       description="seconds between heartbeats (lease renewals)")
-    poll_interval: float = Field(default=10.0, gt=0, description="fallback poll for lost notifications")
+    poll_interval: float = Field(default=10.0, gt=0, le=HOUR,
+                                 description="fallback poll for lost notifications")
     kill_grace: float = Field(
-        default=0.5, ge=0, description="seconds after a task's timeout before its executor is killed"
+        default=0.5, ge=0, le=HOUR, description="seconds after a task's timeout before its executor is killed"
     )
-    complete_batch: int = Field(default=500, ge=1, description="most answers written per statement")
+    complete_batch: int = Field(default=500, ge=1, le=100_000,
+                                description="most answers written per statement")
     max_output_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024,
         description="largest handler output, in bytes of JSON; larger ones fail their attempt",
     )
     startup_timeout: float = Field(
-        default=0, ge=0,
+        default=0, ge=0, le=7 * DAY,
         description="seconds to wait for the database at start before exiting (0: keep waiting)",
+    )
+    retention: float | None = Field(
+        default=None,
+        description="prune finished runs older than this (30d, 12h, 30m), a small batch at a "
+        "time, by one supervisor per tick; off by default (and with 'off')",
     )
     migrate: bool = Field(default=True, description="create or upgrade the schema at start")
     metrics_host: str = Field(default="127.0.0.1", description="address of /metrics, /healthz, /readyz")
@@ -72,7 +86,7 @@ class Settings(BaseSettings):
         "autovacuum is off on the server (0: never)",
     )
     queue_stats_interval: float = Field(
-        default=15.0, gt=0, description="seconds between reads of the queue depth for /metrics")
+        default=15.0, gt=0, le=HOUR, description="seconds between reads of the queue depth for /metrics")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field(
         default="text", description="text, or json: one JSON object per line for log shippers")
@@ -94,6 +108,33 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("name at least one flow module, e.g. --flows myapp.flows")
         return value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> object:
+        if value is None or isinstance(value, str) and value.strip().lower() in ("", "off"):
+            return None
+        seconds = durations.parse_seconds(value) if isinstance(value, str) else value
+        if isinstance(seconds, int | float) and seconds <= 0:
+            raise ValueError("give a positive duration such as 30d (or 'off'): a retention of "
+                             "0 would delete every run the moment it finishes")
+        return seconds
+
+    @field_validator("hostname")
+    @classmethod
+    def _printable_hostname(cls, value: str) -> str:
+        if not value or len(value) > 255 or not value.isprintable():
+            raise ValueError("the host name must be 1 to 255 printable characters")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_interval >= self.lease_grace:
+            raise PydanticCustomError("heartbeat_within_lease", (
+                f"--heartbeat-interval ({self.heartbeat_interval:g} s) must be shorter than "
+                f"--lease-grace ({self.lease_grace:g} s): leases would expire between heartbeats "
+                "and other supervisors would take tasks this one is running"))
+        return self
 
     @field_validator("log_level")
     @classmethod

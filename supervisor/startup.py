@@ -20,6 +20,9 @@ from supervisor.settings import Settings
 
 log = logging.getLogger("pgflow.supervisor")
 
+# Seconds added to each wait when asking systemd to extend the start timeout.
+EXTEND_MARGIN = 30.0
+
 
 def prepare(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
             notifier: Notifier, sleep: Callable[[float], None] = time.sleep) -> list[str]:
@@ -48,6 +51,8 @@ def prepare(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
             delay = backoff.next_delay()
             log.warning("waiting for the database: %s; next try in %.1fs", problem, delay)
             notifier.status("waiting for the database")
+            # systemd's start timeout would kill a start that waits: extend it.
+            notifier.notify(f"EXTEND_TIMEOUT_USEC={int((delay + EXTEND_MARGIN) * 1_000_000)}")
             _sleep_feeding_watchdog(notifier, delay, sleep)
 
 

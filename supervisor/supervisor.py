@@ -12,6 +12,7 @@ whatever the timers asked for.
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
 import selectors
@@ -102,6 +103,10 @@ class Supervisor:
             self.timers.set("watchdog", now)
         if self.vacuum is not None and s.queue_vacuum_interval:
             self.timers.set("vacuum", now + s.queue_vacuum_interval)
+        if self.rounds.scheduler:
+            self.timers.set("schedules", now)
+            for line in self.rounds.scheduler.describe(datetime.datetime.now(datetime.UTC)):
+                log.info("%s", line)
         self.pool.fill(now)
         self.database.service(now)
         log.info("supervisor %d serving %s with %d executors (worker %s)%s", os.getpid(),
@@ -238,8 +243,10 @@ class Supervisor:
         """Ended tasks become answers; tasks an executor never started go back."""
         ended, returned = self.pool.take()
         for end in ended:
-            if end.outcome != "cancelled":  # the engine already ended those
+            if end.outcome != "cancelled":
                 self.answers.add(end)
+            else:  # the engine ended it; a fenced release is a no-op, unless the run was retried
+                self.rounds.release([end.task])
         if returned:
             if self.stop_mode is None:
                 self.buffer.extendleft(reversed(returned))
@@ -299,7 +306,8 @@ class Supervisor:
         if self.database.idle and self.rounds.has_work(self.answers, self._claim_size()):
             return 0.0
         candidates = [t for t in (self.timers.next(), self.pool.next_deadline(),
-                                  self.database.next_wakeup(), self.answers.held_until())
+                                  self.database.next_wakeup(), self.answers.held_until(),
+                                  self.http.next_wakeup() if self.http else None)
                       if t is not None]
         if len(self.pool.serving()) < self.pool.size and self.stop_mode is None:
             candidates.append(self.pool.respawn_at)
@@ -327,6 +335,16 @@ class Supervisor:
                 self.timers.set("vacuum", now + s.queue_vacuum_interval)
             elif name == "stop":
                 self.timers.set("stop", now)  # _stopped reads it: the drain is over
+            elif name == "retention":
+                self.rounds.retention_due = True
+            elif name == "schedules":
+                self.rounds.schedules_due = True
+        if self.rounds.next_retention is not None:
+            self.timers.set("retention", self.rounds.next_retention)
+            self.rounds.next_retention = None
+        if self.rounds.next_schedule_at is not None:
+            self.timers.set("schedules", self.rounds.next_schedule_at)
+            self.rounds.next_schedule_at = None
         if self.rounds.next_due is not None:
             self.timers.set("due", self.rounds.next_due)
             self.rounds.next_due = None
@@ -349,4 +367,3 @@ class Supervisor:
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
         }
-

@@ -8,7 +8,9 @@ Where the server comes from, in order:
 
 Each test that asks for `dsn` gets a fresh database cloned from a migrated
 template (about 50 ms), so tests never see each other's data and can run in
-any order. `empty_dsn` gives an empty database, for migration tests.
+any order. `empty_dsn` gives an empty database, for migration tests. `login` makes
+login roles that are members of pgflow_app or pgflow_worker (created on the
+server if missing and kept: roles belong to the whole server).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pgflow import Client, migrations
@@ -144,3 +147,32 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture
+def login(dsn: str, conn: psycopg.Connection) -> Iterator[Callable[[str], str]]:
+    """login("pgflow_app") -> the DSN of a fresh login role that is a member of it."""
+    migrations.migrate(conn, roles=True)  # the roles, and their grants in this database
+    created: list[str] = []
+
+    def make(group: str) -> str:
+        name = f"pgflow_t{uuid.uuid4().hex[:12]}_{group.removeprefix('pgflow_')}"
+        password = uuid.uuid4().hex
+        conn.execute(sql.SQL("create role {} login password {} in role {}").format(
+            sql.Identifier(name), sql.Literal(password), sql.Identifier(group)))
+        created.append(name)
+        return make_conninfo(dsn, user=name, password=password)
+
+    yield make
+    for name in created:
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def app_dsn(login: Callable[[str], str]) -> str:
+    return login("pgflow_app")
+
+
+@pytest.fixture
+def worker_dsn(login: Callable[[str], str]) -> str:
+    return login("pgflow_worker")

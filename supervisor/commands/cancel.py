@@ -1,4 +1,4 @@
-"""`pgflow cancel RUN_ID`: cancel a run's queued tasks; answers of running ones are ignored."""
+"""`pgflow cancel RUN_ID`: cancel a run; supervisors kill the executors running its tasks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from supervisor.commands import common
 
 NAME = "cancel"
-HELP = "cancel a run (queued tasks are cancelled, answers of running ones ignored)"
+HELP = "cancel a run (queued tasks are cancelled, running handlers are killed by their supervisors)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

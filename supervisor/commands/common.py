@@ -9,7 +9,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from pgflow import Client
-from supervisor import preflight
+from supervisor import durations, preflight
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:
@@ -76,21 +75,17 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def duration(text: str) -> datetime.timedelta:
     """argparse type: "90s", "15m", "2h", "7d", "1w"."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h, 7d or 1w")
-    return datetime.timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    try:
+        return datetime.timedelta(seconds=durations.parse_seconds(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def since(text: str) -> datetime.datetime | datetime.timedelta:
     """argparse type: a duration (that long ago) or an ISO date/time (local time if no zone)."""
-    if _DURATION.match(text):
+    if durations.is_duration(text):
         return duration(text)
     try:
         value = datetime.datetime.fromisoformat(text)

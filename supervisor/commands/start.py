@@ -49,6 +49,9 @@ def parse_input(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise Problem(f"{source} is not JSON ({exc}); quote strings: --input '\"text\"'",
                       EXIT_CONFIG) from None
+    except RecursionError:
+        raise Problem(f"{source} nests deeper than Python can read; flatten it",
+                      EXIT_CONFIG) from None
 
 
 def watch(client: Client, run_id: Any, console: Console, timeout: float | None) -> Run:

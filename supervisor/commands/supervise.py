@@ -73,7 +73,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def _describe(error: Any) -> str:
     name = ".".join(str(p) for p in error["loc"])
-    flag = f"--{name.replace('_', '-')} / PGFLOW_{name.upper()}" if name else "settings"
+    if not name:  # a rule across settings, whose message names them
+        return mask_password(error["msg"])
+    flag = f"--{name.replace('_', '-')} / PGFLOW_{name.upper()}"
     return f"{flag}: {mask_password(error['msg'])}"
 
 

@@ -17,6 +17,18 @@ from supervisor.commands import common
 NAME = "workers"
 HELP = "list live supervisors and the ones stopped recently"
 STATE_STYLE = {"live": "green", "silent": "red", "stopped": "dim"}
+LEFT = ("state", "host", "flows", "started", "last heartbeat", "stopped")
+
+
+def executors(worker: dict[str, Any]) -> str:
+    """"1/2 busy" from what a supervisor reports ("-" for drain() callers)."""
+    if worker["executors"] is None:
+        return "-"
+    return f"{worker['executors_busy']}/{worker['executors']} busy"
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("state", "host", "pid", "flows", "started", "last heartbeat", "stopped",
-                   "tasks held"):
-        table.add_column(column, justify="right" if column in ("pid", "tasks held") else "left")
+                   "executors", "tasks held", "attempts/s"):
+        table.add_column(column, justify="left" if column in LEFT else "right")
     for w in rows:
         table.add_row(Text(w["state"], style=STATE_STYLE.get(w["state"], "")), w["hostname"],
                       str(w["pid"]), ", ".join(w["flows"]), common.when(w["started_at"]),
                       common.ago(w["heartbeat_age_s"]), common.when(w["stopped_at"]),
-                      str(w["tasks_held"]))
+                      executors(w), str(w["tasks_held"]), rate(w["attempts_per_second"]))
     console.print(table)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -45,6 +46,10 @@ def metrics_supervisor(dsn, start_supervisor):
     port = free_port()
     supervisor = start_supervisor(dsn, "--metrics-port", str(port))
     supervisor.wait_for_log(f"metrics on 127.0.0.1:{port}")
+    # The loop connects to Postgres without blocking: ready once it has.
+    deadline = time.monotonic() + 15
+    while scrape(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return supervisor, port
 
 

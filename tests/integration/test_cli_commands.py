@@ -133,7 +133,8 @@ def test_runs_filters_and_json_shape(capsys, client, dsn):
     code, runs = pgflow_json(capsys, dsn, "runs")
     assert code == 0 and [r["run_id"] for r in runs] == [str(waiting), str(done)]
     assert set(runs[0]) == {"run_id", "flow_slug", "status", "error", "failed_step", "started_at",
-                            "completed_at", "failed_at", "cancelled_at", "duration_s"}
+                            "completed_at", "failed_at", "cancelled_at", "duration_s", "key",
+                            "tags"}
     assert runs[1]["duration_s"] > 0 and runs[0]["duration_s"] is None
     assert [r["run_id"] for r in pgflow_json(capsys, dsn, "runs", "--status", "completed")[1]] \
         == [str(done)]

@@ -110,6 +110,56 @@ def test_a_claim_skips_tasks_of_flows_the_worker_does_not_serve(client, conn, ex
     assert log.seq_scans() == []
 
 
+def test_a_limited_claim_reads_neither_waiting_nor_held_tasks_beyond_its_limit(
+        client, conn, explained):
+    from pgflow import Flow
+
+    flow = Flow("limited", max_concurrency=50)
+    flow.step(slug="capped", max_concurrency=5)(lambda input: input)
+    flow.step(slug="free")(lambda input: input)
+    client.register(flow)
+    stale_statistics(conn)
+    client.start_flows("limited", list(range(3000)))
+    held = HandWorker(conn, ["limited"]).claim(limit=40)  # 5 capped (full), 35 free
+    assert sum(t.step_slug == "capped" for t in held) == 5
+    worker_conn, log = explained
+    worker = HandWorker(worker_conn, ["limited"])
+    log.clear()
+    tasks = worker.claim(limit=20)
+    assert sorted({t.step_slug for t in tasks}) == ["free"] and len(tasks) == 10
+    assert worker_api.seconds_until_next_task(worker_conn, ["limited"]) is None
+    worker_api.complete(worker_conn, [(t.task_id, t.token, 1) for t in tasks])
+    removed, plan = log.worst()
+    assert removed < 100, plan
+    assert log.seq_scans() == []
+
+
+def test_readying_steps_reads_only_their_runs_sources_and_conditions(client, conn, explained):
+    """Plans made while the tables were empty (a new install, statistics never
+    gathered) must still find a step's sources by the whole key."""
+    from pgflow import Flow
+
+    flow = Flow("gated")
+    flow.step(slug="produce")(lambda input: input)
+    flow.map(slug="each", array="produce")(lambda item: item)
+    flow.step(slug="check", depends_on=["produce"], if_={"produce": [1]})(lambda deps: deps)
+    flow.step(slug="after", depends_on=["produce"])(lambda deps: deps)
+    client.register(flow)
+    worker_conn, log = explained
+    worker = HandWorker(worker_conn, ["gated"])
+    client.start_flow("gated", [1, 2])  # the worker's plans are made now, on empty tables
+    worker_api.complete(worker_conn, [(t.task_id, t.token, [1, 2]) for t in worker.claim()])
+    client.start_flows("gated", [[1, 2]] * 2000)
+    tasks = HandWorker(conn, ["gated"]).claim(limit=1990)
+    worker_api.complete(conn, [(t.task_id, t.token, [1, 2]) for t in tasks])
+    last = [t for t in worker.claim(limit=100) if t.step_slug == "produce"]
+    log.clear()
+    worker_api.complete(worker_conn, [(t.task_id, t.token, [1, 2]) for t in last])
+    removed, plan = log.worst()
+    assert removed < 100, plan
+    assert log.seq_scans() == []
+
+
 def test_readying_dependent_steps_reads_only_the_runs_answered(client, conn, explained):
     """With statistics that call pgflow.runs tiny, the plan that readies
     dependents used to scan every started run (6,667 of them, 30 ms per

@@ -311,3 +311,23 @@ def test_an_executor_whose_supervisor_is_gone_leaves_quietly(tmp_path) -> None:
     status = wait_for_exit(pid, 10)
     assert stderr_path.read_text() == "", "no traceback"
     assert os.waitstatus_to_exitcode(status) in (child.EXIT_CLEAN, child.EXIT_RETIRE)
+
+
+@pytest.mark.parametrize("input, problem", [
+    (b"[" * 1100 + b"]" * 1100, "depth"),
+    (b'{"amount": 1e400}', "infinity"),
+])
+def test_an_input_python_cannot_decode_fails_its_task_naming_it(input: bytes, problem: str) -> None:
+    # Postgres accepts both from SQL (jsonb nests deeper than orjson decodes,
+    # and holds numbers beyond a double); the task fails, the executor goes on.
+    frame = protocol.encode_request(7, 99, str(RUN_ID).encode(), b"demo", b"where", 0, 1, 5000,
+                                    True, input)
+    with forked_child() as worker:
+        answer = worker.ask(frame)
+        still_alive = worker.ask(request("where", 1))
+    assert answer["ok"] is False and answer["task_id"] == 7
+    assert answer["error_type"] == "InputNotDecodable"
+    assert answer["error"].startswith(f"Flow 'demo', step 'where', run {RUN_ID}: the task's input "
+                                      "cannot be decoded")
+    assert problem in answer["error"]
+    assert still_alive["ok"] is True

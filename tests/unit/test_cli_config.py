@@ -3,6 +3,8 @@ and `supervise` options generated from the settings model."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from supervisor.cli import build_parser
@@ -65,3 +67,59 @@ def test_supervise_options_become_settings():
     settings = load_settings(args)
     assert (settings.flows, settings.migrate, settings.prefetch, settings.log_format) == (
         ["a", "b"], False, 3, "json")
+
+
+@pytest.mark.parametrize("options, problem", [
+    (["--lease-grace", "inf"], "--lease-grace / PGFLOW_LEASE_GRACE: Input should be a finite number"),
+    (["--poll-interval", "nan"], "--poll-interval / PGFLOW_POLL_INTERVAL: Input should be a finite"),
+    (["--shutdown-timeout", "1e9"], "--shutdown-timeout / PGFLOW_SHUTDOWN_TIMEOUT: Input should be "
+                                    "less than or equal to 86400"),
+    (["--heartbeat-interval", "7200"], "--heartbeat-interval / PGFLOW_HEARTBEAT_INTERVAL"),
+    (["--complete-batch", "10000000"], "--complete-batch / PGFLOW_COMPLETE_BATCH"),
+    (["--processes", "0"], "--processes / PGFLOW_PROCESSES: Input should be greater than or equal"),
+    (["--metrics-port", "70000"], "--metrics-port / PGFLOW_METRICS_PORT"),
+    (["--hostname", "evil\nhost"], "--hostname / PGFLOW_HOSTNAME: Value error, the host name must be"),
+    (["--lease-grace", "4", "--heartbeat-interval", "5"],
+     "--heartbeat-interval (5 s) must be shorter than --lease-grace (4 s)"),
+])
+def test_settings_out_of_range_are_refused_naming_the_option(options, problem):
+    from supervisor.commands.supervise import load_settings
+    from supervisor.preflight import EXIT_CONFIG, Problem
+
+    args = build_parser().parse_args(["supervise", "--database-url", "postgresql://x/y",
+                                      "--flows", "a", *options])
+    with pytest.raises(Problem) as refused:
+        load_settings(args)
+    assert refused.value.exit_code == EXIT_CONFIG
+    assert problem in str(refused.value)
+
+
+def _shown_default(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_env_example_and_the_deploy_table_show_every_setting_with_its_default():
+    """They drifted once (prefetch 64 and a flush delay long after both changed)."""
+    from pathlib import Path
+
+    from pydantic_core import PydanticUndefined
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "deploy" / "supervisor.env.example").read_text()
+    table = (root / "deploy" / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        variable = f"PGFLOW_{name.upper()}"
+        assert f"{variable}=" in example, f"{variable} is missing from supervisor.env.example"
+        assert f"| `{variable}` |" in table, f"{variable} is missing from deploy/README.md"
+        if field.default is PydanticUndefined or field.default is None:
+            continue
+        shown = _shown_default(field.default)
+        commented = re.search(rf"^#{variable}=(.*)$", example, re.M)
+        if commented:
+            assert commented[1] == shown, f"{variable}: the example says {commented[1]}, the code {shown}"
+        row = re.search(rf"^\| `{variable}` \| ([^|]+) \|", table, re.M)
+        assert row and row[1].split()[0] == shown, f"{variable}: deploy/README.md says {row and row[1]}"

@@ -211,3 +211,22 @@ def test_shape_differences_are_described_in_words():
     assert "step 'd' was removed" in lines
     assert "step 'e' is new" in lines
     assert describe_differences(old, diamond().shape()) == []
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"max_attempts": None}, "max_attempts must be an integer, got None"),
+    ({"timeout": None}, "timeout must be a number, got None"),
+    ({"base_delay": "1"}, "base_delay must be a number, got '1'"),
+    ({"timeout": float("nan")}, "timeout must be > 0"),
+    ({"timeout": 10**400}, r"timeout must be > 0 and <= 604800 seconds, got 1000000000\d+\.\.\.$"),
+    ({"max_attempts": 2**70}, "max_attempts must be >= 1 and <= 1000"),
+])
+def test_every_flow_option_is_checked(options, problem):
+    with pytest.raises(FlowDefinitionError, match=rf"^Flow 'f': {problem}"):
+        Flow("f", **options)
+
+
+@pytest.mark.parametrize("depends_on", [5, None, 1.5])
+def test_depends_on_must_be_slugs(depends_on):
+    with pytest.raises(FlowDefinitionError, match="depends_on must be a list of step slugs"):
+        Flow("f").step(slug="a", depends_on=depends_on)  # type: ignore[arg-type]

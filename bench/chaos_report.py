@@ -71,19 +71,25 @@ def leftover_check(soak: Soak, leftovers: list[tuple[tuple[int, int], str]], rec
     return check
 
 
-def memory_check(soak: Soak) -> Check:
-    check = Check("supervisor memory (RSS of supervisor 0, never killed) did not keep growing")
+def rss_peaks(soak: Soak) -> tuple[int, list[int]]:
+    """Supervisor 0's samples (first incarnation), and its peak RSS (KiB) in
+    each quarter of the soak (faults and recovery)."""
     start, end = soak.timeline["start"], soak.timeline["recovered"]
     samples = [(t, kib) for t, index, incarnation, kib in soak.rss if index == 0 and incarnation == 1]
-    check.checked = len(samples)
+    quarter = (end - start) / 4 or 1.0
+    peaks = [0, 0, 0, 0]
+    for t, kib in samples:
+        q = min(max(int((t - start) / quarter), 0), 3)
+        peaks[q] = max(peaks[q], kib)
+    return len(samples), peaks
 
-    def peak(lo: float, hi: float) -> int:
-        inside = [kib for t, kib in samples if start + lo * (end - start) <= t < start + hi * (end - start)]
-        return max(inside, default=0)
 
-    second, last = peak(0.25, 0.5), peak(0.75, 1.01)
+def memory_check(soak: Soak) -> Check:
+    check = Check("supervisor memory (RSS of supervisor 0, never killed) did not keep growing")
+    check.checked, peaks = rss_peaks(soak)
+    second, last = peaks[1], peaks[3]
     if not second or not last:
-        check.fail(f"too few samples of supervisor 0 ({len(samples)}): did it restart?")
+        check.fail(f"too few samples of supervisor 0 ({check.checked}): did it restart?")
     elif last > second * RSS_GROWTH + RSS_ALLOWANCE_KIB:
         check.fail(f"RSS peaked at {second / 1024:.1f} MiB in the second quarter and "
                    f"{last / 1024:.1f} MiB in the last")
@@ -132,8 +138,11 @@ def recovery(soak: Soak, db: Database) -> dict[str, Any]:
             workers = {w for w, row in db.workers.items()
                        if row["hostname"] == fault.target and row["pid"] == fault.detail["pid"]}
             # Its leases run out within timeout + grace of the fault's end;
-            # later expiries of this worker belong to other faults.
-            until = (fault.ended_at or fault.at) + cf.TIMEOUT + soak.args.lease_grace + 5.0
+            # later expiries of this worker, or those after the next fault of
+            # the same supervisor, belong to other faults.
+            until = min([(fault.ended_at or fault.at) + cf.TIMEOUT + soak.args.lease_grace + 5.0]
+                        + [f.at for f in soak.faults.log if f.target == fault.target
+                           and f.at > fault.at and f.kind in ("supervisor_kill", "supervisor_stop")])
             lost = [at - fault.at for w in workers for at in requeues.get(w, [])
                     if fault.at < at < until]
             if lost:
@@ -191,6 +200,7 @@ def figures(soak: Soak, db: Database, records: Records, verdicts: Verdicts) -> d
             f.target for f in soak.faults.log if f.kind == "postgres_restart")),
         "recovery": recovery(soak, db),
         "supervisor_rss_mib": _rss_summary(soak),
+        "supervisor_0_rss_peak_by_quarter_mib": [round(kib / 1024, 1) for kib in rss_peaks(soak)[1]],
         "producer_errors": soak.producer.errors,
         "machine": {"cpus": os.cpu_count(), "load_1min_mean": round(statistics.mean(soak.load), 2)
                     if soak.load else None, "load_1min_max": max(soak.load, default=None)},
@@ -230,7 +240,8 @@ def show(result: dict[str, Any]) -> None:
     print("recovery:")
     for name, value in figures["recovery"].items():
         print(f"  {name}: {value}")
-    print(f"supervisor RSS (MiB): {figures['supervisor_rss_mib']}")
+    print(f"supervisor RSS (MiB): {figures['supervisor_rss_mib']}; supervisor 0's peak by "
+          f"quarter of the soak: {figures['supervisor_0_rss_peak_by_quarter_mib']}")
     print(f"machine: {figures['machine']}; producer errors (outages): {figures['producer_errors']}")
     print("\ninvariants:")
     for check in result["invariants"]:

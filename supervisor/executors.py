@@ -52,6 +52,9 @@ class ExecutorProcess:
         self.tasks_done = 0
         self.max_rss_kb = 0
         self.eof = False
+        # A write failed (the process is gone or going): nothing more is sent,
+        # but what it wrote before is still read, up to EOF.
+        self.write_failed = False
         self._decoder = protocol.FrameDecoder()
         self._out = bytearray()
 
@@ -64,7 +67,7 @@ class ExecutorProcess:
 
     @property
     def serving(self) -> bool:
-        return self.state == ExecutorState.SERVING and not self.eof
+        return self.state == ExecutorState.SERVING and not self.eof and not self.write_failed
 
     @property
     def wants_write(self) -> bool:
@@ -110,7 +113,8 @@ class ExecutorProcess:
             except BlockingIOError:
                 return
             except OSError:  # broken pipe, reset, or closed by us
-                self.eof = True
+                # Not eof: answers it sent before it died may wait in the socket.
+                self.write_failed = True
                 self._out.clear()
                 return
             del self._out[:written]

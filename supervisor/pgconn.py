@@ -248,19 +248,22 @@ class PgConn:
 
     def _lose(self, message: str) -> None:
         self.error = message.strip() or "connection lost"
-        waiting, self._waiting = self._waiting, collections.deque()
-        self.close()
-        for statement in waiting:
-            if statement is not None:
-                statement.on_result(ConnectionLost(self.error))
+        self.close(self.error)
 
-    def close(self) -> None:
+    def close(self, reason: str = "connection closed") -> None:
+        """Close the connection; every statement still waiting for its results
+        gets ConnectionLost. (Left waiting, they would outlive the connection:
+        the next one would never look idle, or would hand them its own results.)"""
+        waiting, self._waiting = self._waiting, collections.deque()
         if self._pgconn is not None:
             self._pgconn.finish()
             self._pgconn = None
         self.state = State.BROKEN
         self._write_pending = False
         self._current = None
+        for statement in waiting:
+            if statement is not None:
+                statement.on_result(ConnectionLost(reason))
 
     def __repr__(self) -> str:
         return f"<PgConn {self.state.value} waiting={len(self._waiting)}>"

@@ -12,9 +12,11 @@ the database.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,11 +137,20 @@ class Pool:
         """Collect every exited executor; a task it was running crashed with it."""
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # Peek first: until it is reaped, the zombie keeps its pid, so
+                # its process group cannot have been handed to another process.
+                exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if exited is None or exited.si_pid == 0:
                 return
+            pid = exited.si_pid
+            if pid in self.children:
+                # Whatever its handlers forked dies with it, however it ended
+                # (the OOM killer, an operator's kill, a recycle): it led that group.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
             child = self.children.pop(pid, None)
             if child is None:
                 continue

@@ -63,8 +63,11 @@ class Database:
         listens: bool = True,
         poll_interval: float = 10.0,
         poll_interval_without_notifications: float = 0.5,
+        prepare: bool = True,
     ) -> None:
-        self.work = PgConn(conninfo, pipeline=True)
+        # prepare=False through a transaction pooler: a prepared statement
+        # lives in one server session, and the next transaction may get another.
+        self.work = PgConn(conninfo, pipeline=True, prepare=prepare)
         self.listen = PgConn(listen_conninfo, pipeline=False)
         # False: notifications cannot arrive (a transaction pooler, no listen URL).
         self.listens = listens

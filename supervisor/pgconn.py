@@ -12,6 +12,12 @@ A lost connection (the server went away, the network broke) fails every
 statement still waiting, with `ConnectionLost`, and sets `broken`. An error a
 statement raised is that statement's result (`StatementError`), and aborts
 the rest of its transaction only.
+
+With `prepare` (the default; not through a transaction pooler, where the next
+transaction may meet another server session), each statement text is
+prepared once per connection and then only bound and executed: the parse and
+plan of the claim statement cost more than running it (measured 0.35 ms of
+0.68 per claim).
 """
 
 from __future__ import annotations
@@ -91,14 +97,24 @@ class State(Enum):
     BROKEN = "broken"
 
 
+# After these, a prepared statement is prepared again (under a new name): it
+# is gone (26000), or a migration changed what it returns (0A000, "cached
+# plan must not change result type").
+REPREPARE_SQLSTATES = frozenset({"26000", "0A000"})
+
+
 def _text(value: Param) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
 class PgConn:
-    def __init__(self, conninfo: str, *, pipeline: bool) -> None:
+    def __init__(self, conninfo: str, *, pipeline: bool, prepare: bool = True) -> None:
         self._conninfo = conninfo
         self._pipeline = pipeline
+        self._prepare = prepare and pipeline
+        # Statement text -> the name it is prepared under on this connection.
+        self._prepared: dict[bytes, bytes] = {}
+        self._names = 0
         self.state = State.BROKEN
         self.error = "not connected"
         self._pgconn: pq.abc.PGconn | None = None
@@ -178,14 +194,12 @@ class PgConn:
             raise ConnectionLost(self.error)
         assert self._pgconn is not None and self._pipeline
         try:
-            for tx in transactions:
-                if tx.settings:
-                    names = list(tx.settings)
-                    sql = "select " + ", ".join(
-                        f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names)))
-                    params = [p for name in names for p in (name, tx.settings[name])]
-                    self._queue(Statement(sql.encode(), params, lambda result: None))
-                for statement in tx.statements:
+            batches = [([_settings_statement(tx.settings)] if tx.settings else []) + tx.statements
+                       for tx in transactions]
+            if self._prepare:
+                self._prepare_new(batches)
+            for statements in batches:
+                for statement in statements:
                     self._queue(statement)
                 self._pgconn.pipeline_sync()
                 self._waiting.append(None)
@@ -205,9 +219,45 @@ class PgConn:
         except psycopg.OperationalError as exc:
             self._lose(str(exc))
 
+    def _prepare_new(self, batches: list[list[Statement]]) -> None:
+        """Prepare the statement texts this connection has not seen, in a
+        segment of their own: a transaction that fails cannot skip them."""
+        assert self._pgconn is not None
+        new = False
+        for statements in batches:
+            for statement in statements:
+                if statement.sql in self._prepared:
+                    continue
+                self._names += 1
+                name = b"pgflow_%d" % self._names
+                self._prepared[statement.sql] = name
+                self._pgconn.send_prepare(name, statement.sql)
+                self._waiting.append(Statement(statement.sql, (), self._prepared_callback(
+                    statement.sql, name)))
+                new = True
+        if new:
+            self._pgconn.pipeline_sync()
+            self._waiting.append(None)
+
+    def _prepared_callback(self, sql: bytes, name: bytes) -> Callback:
+        def prepared(result: Rows | StatementError | ConnectionLost) -> None:
+            if isinstance(result, StatementError):
+                # The statements sent under this name fail with 26000; they
+                # report this error to whoever sent them, and the next use
+                # prepares the text again.
+                log.warning("could not prepare a statement: %s", result)
+                if self._prepared.get(sql) == name:
+                    del self._prepared[sql]
+        return prepared
+
     def _queue(self, statement: Statement) -> None:
         assert self._pgconn is not None
-        self._pgconn.send_query_params(statement.sql, [_text(p) for p in statement.params])
+        params = [_text(p) for p in statement.params]
+        name = self._prepared.get(statement.sql) if self._prepare else None
+        if name is None:
+            self._pgconn.send_query_params(statement.sql, params)
+        else:
+            self._pgconn.send_query_prepared(name, params)
         self._waiting.append(statement)
 
     def _flush(self) -> None:
@@ -238,6 +288,8 @@ class PgConn:
             if result is None:  # the end of the head statement's results
                 self._waiting.popleft()
                 outcome, self._current = self._current, None
+                if isinstance(outcome, StatementError) and outcome.sqlstate in REPREPARE_SQLSTATES:
+                    self._prepared.pop(head.sql, None)
                 head.on_result(outcome if outcome is not None else Rows((), []))
                 continue
             self._current = _outcome(result)
@@ -255,6 +307,7 @@ class PgConn:
         gets ConnectionLost. (Left waiting, they would outlive the connection:
         the next one would never look idle, or would hand them its own results.)"""
         waiting, self._waiting = self._waiting, collections.deque()
+        self._prepared.clear()  # prepared statements live and die with their session
         if self._pgconn is not None:
             self._pgconn.finish()
             self._pgconn = None
@@ -267,6 +320,15 @@ class PgConn:
 
     def __repr__(self) -> str:
         return f"<PgConn {self.state.value} waiting={len(self._waiting)}>"
+
+
+def _settings_statement(settings: dict[str, str]) -> Statement:
+    """set_config(name, value, is_local) for each setting, as one statement."""
+    names = list(settings)
+    sql = "select " + ", ".join(
+        f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names)))
+    params = [p for name in names for p in (name, settings[name])]
+    return Statement(sql.encode(), params, lambda result: None)
 
 
 def _log_notice(result: Any) -> None:

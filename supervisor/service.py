@@ -105,7 +105,8 @@ def create(settings: Settings, flows: Mapping[str, Flow], metrics: Metrics,
                         on_tasks=rounds.on_notified, on_cancel=cancelled,
                         listens=listen_url is not None, poll_interval=settings.poll_interval,
                         poll_interval_without_notifications=(
-                            settings.poll_interval_without_notifications))
+                            settings.poll_interval_without_notifications),
+                        prepare=settings.pooler != "transaction")
     supervisor = Supervisor(settings, flows, metrics=metrics, selector=selector,
                             signals=SignalQueue(), pool=pool, database=database, rounds=rounds,
                             answers=answers, buffer=buffer, notifier=notifier, http=None,

@@ -11,7 +11,6 @@ where it is not installed; the direct ones run everywhere.
 
 from __future__ import annotations
 
-import selectors
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from pgflow import Client, Flow, PgflowError, migrations
 from supervisor.pgconn import PgConn, Rows, Statement, StatementError, Transaction
 from tests.e2e.conftest import query
 from tests.pgbouncer import BINARY, MISSING, PgBouncer, example_config
+from tests.pgconn_driver import drive
 
 
 def need_pgbouncer() -> None:
@@ -238,37 +238,16 @@ def test_a_pooler_refusing_a_startup_parameter_is_named(session_bouncer, dsn, st
     assert "check that Postgres is running" not in log
 
 
-def _run(conn: PgConn, transactions: list[Transaction], timeout: float = 10.0) -> None:
-    """Drive a pipelined PgConn until every statement has its result."""
-    selector = selectors.DefaultSelector()
-    deadline = time.monotonic() + timeout
-    if not conn.ready:
-        conn.start()
-        while not conn.ready:
-            assert time.monotonic() < deadline and conn.state.value != "broken", conn.error
-            selector.register(conn.fileno(), conn.events())
-            for _ in selector.select(deadline - time.monotonic()):
-                conn.on_event(conn.events())
-            selector.unregister(conn.fileno())
-    conn.send(transactions)
-    while not conn.idle:
-        assert time.monotonic() < deadline and conn.ready, conn.error
-        selector.register(conn.fileno(), conn.events())
-        for _key, mask in selector.select(deadline - time.monotonic()):
-            conn.on_event(mask)
-        selector.unregister(conn.fileno())
-
-
 def test_per_transaction_settings_apply_and_do_not_outlive_their_transaction(
         one_server_bouncer, dsn):
     defaults = query(dsn, "select current_setting('statement_timeout'), "
                           "current_setting('lock_timeout')")[0]
-    conn = PgConn(one_server_bouncer.url_for(dsn), pipeline=True)
+    conn = PgConn(one_server_bouncer.url_for(dsn), pipeline=True, prepare=False)
     results: list[Rows | StatementError | Exception] = []
     show = b"select pg_backend_pid(), current_setting('statement_timeout'), " \
            b"current_setting('lock_timeout')"
     try:
-        _run(conn, [
+        drive(conn, [
             Transaction([Statement(show, (), results.append),
                          Statement(b"select pg_sleep(2)", (), results.append)],
                         {"statement_timeout": "200ms", "lock_timeout": "100ms"}),

@@ -63,8 +63,10 @@ class Answer:
 
 class PendingAnswers:
     def __init__(self, metrics: Metrics, batch_rows: int,
-                 batch_bytes: int = MAX_BATCH_BYTES) -> None:
+                 batch_bytes: int = MAX_BATCH_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._metrics = metrics
+        self._clock = clock
         self._batch_rows = batch_rows
         self._batch_bytes = batch_bytes
         self.waiting: list[Answer] = []
@@ -86,11 +88,11 @@ class PendingAnswers:
             a.task for batch in self.in_flight.values() for a in batch]
 
     def sendable(self) -> bool:
-        return bool(self.waiting) and time.monotonic() >= self._hold_until
+        return bool(self.waiting) and self._clock() >= self._hold_until
 
     def held_until(self) -> float | None:
         """When answers held back after an error may go again (None: not held)."""
-        return self._hold_until if self.waiting and self._hold_until > time.monotonic() else None
+        return self._hold_until if self.waiting and self._hold_until > self._clock() else None
 
     def transactions(self) -> list[Transaction]:
         """Take the waiting answers into transactions for the next round."""
@@ -179,7 +181,7 @@ class PendingAnswers:
                 return
             if isinstance(failure, StatementError):
                 delay = self._backoff.next_delay()
-                self._hold_until = time.monotonic() + delay
+                self._hold_until = self._clock() + delay
                 log.warning("writing %d answers failed (%s: %s); trying again in %.1fs",
                             len(answers), failure.sqlstate, failure.message, delay)
             self.waiting += answers

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import signal
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,12 +149,13 @@ def loop() -> Supervisor:
     metrics = Metrics()
     buffer: collections.deque[HeldTask] = collections.deque()
     pool = FakePool()
-    answers = PendingAnswers(metrics, 500)
+    clock = Clock()
+    answers = PendingAnswers(metrics, 500, clock=clock)
     rounds = Rounds(settings, ["f"], metrics, buffer, lambda: list(buffer))
     supervisor = Supervisor(settings, {}, metrics=metrics, selector=FakeSelector(),  # type: ignore[arg-type]
                             signals=FakeSignals(), pool=pool, database=FakeDatabase(),
                             rounds=rounds, answers=answers, buffer=buffer,
-                            notifier=Notifier(None), http=None, clock=Clock())
+                            notifier=Notifier(None), http=None, clock=clock)
     supervisor.start()
     return supervisor
 
@@ -289,7 +289,7 @@ def test_answers_refused_by_a_statement_error_wait_before_going_again(loop: Supe
     loop.tick()
     assert loop.selector.timeouts[-1] > 0.05, "the loop sleeps until the answers may go again"  # type: ignore[attr-defined]
     assert len(loop.database.rounds) == rounds, "and sends nothing meanwhile"  # type: ignore[attr-defined]
-    time.sleep(max(held_until - time.monotonic(), 0))
+    loop.clock.now = held_until  # type: ignore[attr-defined]
     loop.tick()
     assert "complete" in statements(loop.database.rounds[rounds]), "then they go"  # type: ignore[attr-defined]
 

@@ -25,13 +25,12 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from executor import protocol
-from executor.executor import DEFAULT_MAX_OUTPUT_BYTES, execute, serialize_error
+from executor.executor import DEFAULT_MAX_OUTPUT_BYTES, execute, keep_alarm_handler, serialize_error
 from executor.result import Err, Ok, Result
 from pgflow import jsondata
 from pgflow.flow import Flow
 
 PR_SET_PDEATHSIG = 1
-READ_CHUNK = 1 << 20
 _SIGNALS_TO_DEFAULT = ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGQUIT", "SIGUSR1",
                        "SIGUSR2", "SIGCHLD", "SIGALRM")
 
@@ -50,6 +49,7 @@ def main(sock_fd: int, flows: Mapping[str, Flow], dsn: str | None, parent_pid: i
     code = EXIT_ERROR
     try:
         prepare_child_process(parent_pid)
+        keep_alarm_handler()
         close_inherited_fds(keep={0, 1, 2, sock_fd})
         code = serve(sock_fd, sock_fd, flows, dsn, max_output_bytes)
     except (BrokenPipeError, ConnectionResetError):
@@ -144,10 +144,10 @@ def serve(read_fd: int, write_fd: int, flows: Mapping[str, Flow], dsn: str | Non
     try:
         while True:
             if not requests:
-                data = os.read(read_fd, READ_CHUNK)
-                if not data:
+                bodies = decoder.read_from(read_fd)
+                if bodies is None:
                     return EXIT_CLEAN if not decoder.buffered else EXIT_ERROR
-                requests.extend(decoder.feed(data))
+                requests.extend(bodies)
                 continue
             answer, timed_out = handle_request(requests.popleft(), flows, connect,
                                                max_output_bytes)

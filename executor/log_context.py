@@ -20,13 +20,13 @@ from pgflow.context import Context
 
 FIELDS = ("run_id", "flow", "step", "task_index", "attempt")
 
-_current: ContextVar[dict[str, Any] | None] = ContextVar("pgflow_task", default=None)
+# The running task's Context; its fields are read only when a record is logged.
+_current: ContextVar[Context | None] = ContextVar("pgflow_task", default=None)
 
 
 @contextlib.contextmanager
 def task_logging(ctx: Context) -> Iterator[None]:
-    token = _current.set({"run_id": str(ctx.run_id), "flow": ctx.flow_slug, "step": ctx.step_slug,
-                          "task_index": ctx.task_index, "attempt": ctx.attempt})
+    token = _current.set(ctx)
     try:
         yield
     finally:
@@ -35,12 +35,16 @@ def task_logging(ctx: Context) -> Iterator[None]:
 
 def current() -> dict[str, Any] | None:
     """The running task's fields, or None outside a handler."""
-    return _current.get()
+    ctx = _current.get()
+    if ctx is None:
+        return None
+    return {"run_id": str(ctx.run_id), "flow": ctx.flow_slug, "step": ctx.step_slug,
+            "task_index": ctx.task_index, "attempt": ctx.attempt}
 
 
 class TaskContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        info = _current.get()
+        info = current()
         if info is None:
             if not hasattr(record, "task"):
                 record.task = ""

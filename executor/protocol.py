@@ -47,6 +47,9 @@ from pgflow.task import ClaimedTask
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 1 << 30  # 1 GiB: a larger length is a corrupt stream, not a real task
 NEWLINE = b"\n"
+# Bytes read from a pipe at a time, into a buffer each decoder keeps: a fresh
+# bytes object per read this large would cost an mmap and a munmap per read.
+READ_CHUNK = 256 * 1024
 
 
 class FrameError(Exception):
@@ -93,13 +96,26 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._needed = HEADER.size  # bytes the next frame needs in the buffer
         self._max_frame_bytes = max_frame_bytes
+        self._scratch: bytearray | None = None  # read_from's buffer, made on first use
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete frame held; non-zero at EOF means the peer died mid-frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def read_from(self, fd: int) -> list[bytes] | None:
+        """One read of what `fd` has (at most READ_CHUNK bytes), and the whole
+        frames it completes; None at end of file. A non-blocking fd with
+        nothing to read raises BlockingIOError."""
+        if self._scratch is None:
+            self._scratch = bytearray(READ_CHUNK)
+        count = os.readv(fd, [self._scratch])
+        if count == 0:
+            return None
+        with memoryview(self._scratch) as view, view[:count] as data:
+            return self.feed(data)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         self._buffer += data
         bodies: list[bytes] = []
         while len(self._buffer) >= self._needed:

@@ -25,8 +25,6 @@ from executor import child, protocol
 from pgflow import Flow
 from supervisor.tasks import HeldTask
 
-READ_CHUNK = 1 << 20
-
 
 class ExecutorState(Enum):
     SERVING = "serving"  # takes tasks
@@ -125,15 +123,15 @@ class ExecutorProcess:
         answers: list[protocol.Answer] = []
         while not self.eof:
             try:
-                data = self.sock.recv(READ_CHUNK)
+                bodies = self._decoder.read_from(self.sock.fileno())
             except BlockingIOError:
                 break
             except OSError:
-                data = b""
-            if not data:
+                bodies = None
+            if bodies is None:
                 self.eof = True
                 break
-            answers.extend(protocol.decode_answer(body) for body in self._decoder.feed(data))
+            answers.extend(protocol.decode_answer(body) for body in bodies)
         return answers
 
     # -- ending --------------------------------------------------------------

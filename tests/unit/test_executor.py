@@ -301,6 +301,27 @@ def test_the_previous_alarm_handler_and_timer_are_restored() -> None:
         signal.signal(signal.SIGALRM, old_handler)
 
 
+def test_an_executor_process_keeps_one_alarm_handler_for_all_its_tasks(monkeypatch) -> None:
+    """keep_alarm_handler() (what an executor process calls once): each task
+    only arms the timer, timeouts still fire task after task, and a stray
+    SIGALRM between tasks does nothing."""
+    def slow(input, ctx):
+        time.sleep(5)
+
+    monkeypatch.setattr(executor, "_alarm_kept", False)
+    old_handler = signal.getsignal(signal.SIGALRM)
+    try:
+        executor.keep_alarm_handler()
+        for _ in range(2):
+            assert execute_with_timeout(slow, None, make_ctx(), 50).timed_out
+            assert execute_with_timeout(lambda i, c: i + 1, 1, make_ctx(), 50) == Ok(2)
+        assert signal.getsignal(signal.SIGALRM) is executor._on_alarm, "never uninstalled"
+        signal.raise_signal(signal.SIGALRM)  # between tasks: ignored
+        assert execute_with_timeout(lambda i, c: i, 3, make_ctx(), 50) == Ok(3)
+    finally:
+        signal.signal(signal.SIGALRM, old_handler)
+
+
 def test_off_the_main_thread_the_handler_is_abandoned_at_the_timeout() -> None:
     release = threading.Event()
     results: list[Any] = []

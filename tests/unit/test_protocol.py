@@ -4,6 +4,7 @@ JSON, answers whose output the supervisor never decodes."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -65,6 +66,34 @@ def test_an_oversize_length_is_refused_before_its_body_arrives() -> None:
 def test_the_default_limit_refuses_a_corrupt_length() -> None:
     with pytest.raises(FrameTooLarge):
         FrameDecoder().feed(b"\xff\xff\xff\xff")
+
+
+def test_read_from_a_socket_gives_whole_frames_then_none_at_eof() -> None:
+    """read_from reuses one buffer; a frame larger than it arrives over several reads."""
+    big = b"y" * (protocol.READ_CHUNK * 3 + 17)
+    data = b"".join(protocol.frame(body) for body in (b"a", big, b"b"))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with ours, theirs:
+        writer = threading.Thread(target=theirs.sendall, args=(data,))
+        writer.start()
+        decoder = FrameDecoder()
+        bodies: list[bytes] = []
+        while len(bodies) < 3:
+            try:
+                got = decoder.read_from(ours.fileno())
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            assert got is not None
+            bodies += got
+        writer.join()
+        assert bodies == [b"a", big, b"b"]
+        with pytest.raises(BlockingIOError):
+            decoder.read_from(ours.fileno())
+        theirs.shutdown(socket.SHUT_WR)
+        assert decoder.read_from(ours.fileno()) is None
+        assert decoder.buffered == 0
 
 
 def test_read_and_write_over_a_pipe() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -202,56 +202,66 @@ class Metrics:
         self.executors_busy = 0
         self.executors_total = 0
         self.tasks_buffered = 0
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
         self._info.info({str(k): str(v) for k, v in (info or {}).items()})
         self._start_time.set(time.time() if start_time is None else start_time)
         # Known label values start at 0, so rate() and alerts see the first event.
         for reason in RESTART_REASONS:
-            self._restarts.labels(reason)
+            self._at(self._restarts, reason)
         for source in WAKEUP_SOURCES:
-            self._wakeups.labels(source)
+            self._at(self._wakeups, source)
         self.set_executors(0, 0)
         self.set_in_flight(0, 0)
         self._db_connected.set(0)
+
+    def _at(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: labels() takes a lock and builds its
+        key on every call, and the loop records several series per task."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- tasks -----------------------------------------------------------
 
     def declare_flow(self, flow: str, steps: Iterable[str]) -> None:
         """Start a served flow's series at 0, so the first failure shows in rate() and the
         dashboard's flow list has every flow before it has work (call once per flow at start)."""
-        self._queue_depth.labels(flow).set(0)
-        self._queue_oldest_age.labels(flow).set(0)
+        self._at(self._queue_depth, flow).set(0)
+        self._at(self._queue_oldest_age, flow).set(0)
         self._queue_flows.add(flow)
         for step in steps:
             for counter in (self._claimed, self._completed, self._timed_out, self._retried):
-                counter.labels(flow, step)
+                self._at(counter, flow, step)
             for reason in FAILURE_REASONS:
-                self._failed.labels(flow, step, reason)
+                self._at(self._failed, flow, step, reason)
 
     def tasks_claimed(self, flow: str, step: str, n: int = 1) -> None:
-        self._claimed.labels(flow, step).inc(n)
+        self._at(self._claimed, flow, step).inc(n)
 
     def task_started(self, flow: str, step: str, queue_wait_s: float) -> None:
         """A task was handed to a child, `queue_wait_s` after it became visible."""
-        self._queue_wait.labels(flow, step).observe(max(queue_wait_s, 0.0))
+        self._at(self._queue_wait, flow, step).observe(max(queue_wait_s, 0.0))
 
     def task_finished(self, flow: str, step: str, outcome: Outcome, duration_s: float) -> None:
         _check("task outcome", outcome, OUTCOMES)
-        self._task_duration.labels(flow, step, outcome).observe(max(duration_s, 0.0))
+        self._at(self._task_duration, flow, step, outcome).observe(max(duration_s, 0.0))
         if outcome == "success":
             self.attempts_succeeded += 1
-            self._completed.labels(flow, step).inc()
+            self._at(self._completed, flow, step).inc()
             return
         self.attempts_failed += 1
-        self._failed.labels(flow, step, outcome).inc()
+        self._at(self._failed, flow, step, outcome).inc()
         if outcome == "timeout":
-            self._timed_out.labels(flow, step).inc()
+            self._at(self._timed_out, flow, step).inc()
 
     def task_retried(self, flow: str, step: str) -> None:
-        self._retried.labels(flow, step).inc()
+        self._at(self._retried, flow, step).inc()
 
     def run_finished(self, flow: str, status: str, duration_s: float) -> None:
-        self._run_duration.labels(flow, status).observe(max(duration_s, 0.0))
+        self._at(self._run_duration, flow, status).observe(max(duration_s, 0.0))
 
     def late_answers_ignored(self, n: int) -> None:
         if n > 0:
@@ -261,39 +271,39 @@ class Metrics:
 
     def executor_restarted(self, reason: RestartReason) -> None:
         _check("restart reason", reason, RESTART_REASONS)
-        self._restarts.labels(reason).inc()
+        self._at(self._restarts, reason).inc()
 
     def executor_fork_failed(self) -> None:
         self._fork_failures.inc()
 
     def wakeup(self, source: WakeupSource) -> None:
         _check("wake-up source", source, WAKEUP_SOURCES)
-        self._wakeups.labels(source).inc()
+        self._at(self._wakeups, source).inc()
 
     def set_executors(self, idle: int, busy: int) -> None:
         self.executors_busy, self.executors_total = busy, idle + busy
-        self._executors.labels("idle").set(idle)
-        self._executors.labels("busy").set(busy)
+        self._at(self._executors, "idle").set(idle)
+        self._at(self._executors, "busy").set(busy)
 
     def set_in_flight(self, running: int, buffered: int) -> None:
         self.tasks_buffered = buffered
-        self._in_flight.labels("running").set(running)
-        self._in_flight.labels("buffered").set(buffered)
+        self._at(self._in_flight, "running").set(running)
+        self._at(self._in_flight, "buffered").set(buffered)
 
     def set_queue(self, depths: Mapping[str, tuple[int, float]]) -> None:
         """Per flow: (ready tasks, age in seconds of the oldest one). Flows left out drop to 0."""
         for flow in self._queue_flows - depths.keys():
-            self._queue_depth.labels(flow).set(0)
-            self._queue_oldest_age.labels(flow).set(0)
+            self._at(self._queue_depth, flow).set(0)
+            self._at(self._queue_oldest_age, flow).set(0)
         for flow, (depth, oldest_age_s) in depths.items():
-            self._queue_depth.labels(flow).set(depth)
-            self._queue_oldest_age.labels(flow).set(max(oldest_age_s, 0.0))
+            self._at(self._queue_depth, flow).set(depth)
+            self._at(self._queue_oldest_age, flow).set(max(oldest_age_s, 0.0))
         self._queue_flows |= depths.keys()
 
     # -- database --------------------------------------------------------
 
     def db_roundtrip(self, operation: str, seconds: float) -> None:
-        self._db_roundtrip.labels(operation).observe(seconds)
+        self._at(self._db_roundtrip, operation).observe(seconds)
 
     @contextlib.contextmanager
     def db_timer(self, operation: str) -> Iterator[None]:
@@ -302,13 +312,13 @@ class Metrics:
         try:
             yield
         except BaseException:
-            self._db_errors.labels(operation).inc()
+            self._at(self._db_errors, operation).inc()
             raise
         finally:
-            self._db_roundtrip.labels(operation).observe(time.perf_counter() - started)
+            self._at(self._db_roundtrip, operation).observe(time.perf_counter() - started)
 
     def db_error(self, operation: str) -> None:
-        self._db_errors.labels(operation).inc()
+        self._at(self._db_errors, operation).inc()
 
     def set_notification_queue_usage(self, share: float) -> None:
         self._notify_queue.set(share)

@@ -264,10 +264,21 @@ class Pool:
         task only when both are short. Returns the tasks handed over."""
         sent: list[HeldTask] = []
         touched: set[ExecutorProcess] = set()
+        # Busy executors whose every task is short, worked out once per call
+        # (no executor becomes idle during it, and only short tasks join them).
+        queueable: list[ExecutorProcess] | None = None
         while buffer:
-            child = self._pick(buffer[0])
+            child = self._idle()
             if child is None:
-                break
+                if self._depth <= 1 or not self._is_short(buffer[0]):
+                    break
+                if queueable is None:
+                    queueable = [c for c in self.children.values() if c.serving and c.tasks
+                                 and all(self._is_short(t) for t in c.tasks)]
+                child = min((c for c in queueable if len(c.tasks) < self._depth),
+                            key=lambda c: len(c.tasks), default=None)
+                if child is None:
+                    break
             task = buffer.popleft()
             child.send(task, now, self._kill_grace)
             sent.append(task)
@@ -277,19 +288,11 @@ class Pool:
             self._watch(child)
         return sent
 
-    def _pick(self, task: HeldTask) -> ExecutorProcess | None:
-        queue_behind: ExecutorProcess | None = None
-        short = self._depth > 1 and self._is_short(task)
+    def _idle(self) -> ExecutorProcess | None:
         for child in self.children.values():
-            if not child.serving:
-                continue
-            if not child.tasks:
+            if child.serving and not child.tasks:
                 return child
-            if (short and len(child.tasks) < self._depth
-                    and (queue_behind is None or len(child.tasks) < len(queue_behind.tasks))
-                    and all(self._is_short(t) for t in child.tasks)):
-                queue_behind = child
-        return queue_behind
+        return None
 
     def _is_short(self, task: HeldTask) -> bool:
         return self.pace.is_short(task.flow_slug, task.step_slug)

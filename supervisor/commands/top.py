@@ -17,7 +17,6 @@ import argparse
 import datetime
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -28,6 +27,7 @@ from rich.text import Text
 
 from pgflow import queries
 from supervisor.commands import common, top_view, workers
+from supervisor.commands.top_view import Snapshot
 
 NAME = "top"
 HELP = ("a live view: throughput, runs by status, the queue, the slowest and most failing "
@@ -35,20 +35,6 @@ HELP = ("a live view: throughput, runs by status, the queue, the slowest and mos
 EXIT_INTERRUPTED = 130
 
 
-@dataclass
-class Snapshot:
-    """One reading of the system (the --json shape)."""
-
-    at: datetime.datetime
-    window_s: float
-    sample_runs: int
-    attempts_per_second: float | None  # summed over live supervisors that report it
-    runs: dict[str, int]  # started within the window, by status
-    runs_finished_last_minute: int
-    queue: list[dict[str, Any]]  # per flow: ready, delayed, running, oldest_ready_s
-    slowest_steps: list[dict[str, Any]]
-    failing_steps: list[dict[str, Any]]
-    supervisors: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _positive(kind: type[int] | type[float], allow_zero: bool = False) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -12,14 +14,27 @@ from supervisor import durations
 from supervisor.commands import common
 from supervisor.commands.show_run import STATUS_STYLE
 
-if TYPE_CHECKING:
-    from supervisor.commands.top import Snapshot
-
 # What `top` keeps of each live supervisor's row in pgflow.workers.
 SUPERVISOR_KEYS = ("worker_id", "hostname", "pid", "flows", "started_at", "heartbeat_age_s",
                    "executors", "executors_busy", "tasks_buffered", "tasks_held",
                    "attempts_succeeded", "attempts_failed", "attempts_per_second")
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+
+
+@dataclass
+class Snapshot:
+    """One reading of the system (the --json shape)."""
+
+    at: datetime.datetime
+    window_s: float
+    sample_runs: int
+    attempts_per_second: float | None  # summed over live supervisors that report it
+    runs: dict[str, int]  # started within the window, by status
+    runs_finished_last_minute: int
+    queue: list[dict[str, Any]]  # per flow: ready, delayed, running, oldest_ready_s
+    slowest_steps: list[dict[str, Any]]
+    failing_steps: list[dict[str, Any]]
+    supervisors: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _rate(value: float | None) -> str:

@@ -24,6 +24,7 @@ from enum import Enum
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pgflow import Flow
+from supervisor import claim_size
 from supervisor.answers import PendingAnswers
 from supervisor.database import Database
 from supervisor.http import HttpEndpoint
@@ -38,9 +39,6 @@ from supervisor.tasks import HeldTask
 from supervisor.timers import Timers
 
 log = logging.getLogger("pgflow.supervisor")
-
-# Seconds of work the prefetch buffer aims to hold (see Supervisor._prefetch).
-PREFETCH_WINDOW = 0.05
 
 
 class StopMode(Enum):
@@ -268,8 +266,7 @@ class Supervisor:
                 self.database.send(transactions)
 
     def _claim_size(self) -> int:
-        """How many tasks to claim now: enough for executors that would otherwise
-        wait, plus the prefetch buffer, once the buffer is down to half.
+        """How many tasks to claim now (see claim_size), when a claim is wanted.
 
         A round that carries answers claims too, even without a notification:
         completing a step readies its dependents in the same commit, and the
@@ -278,24 +275,9 @@ class Supervisor:
         wanted = self.rounds.dirty or self.answers.sendable()
         if not wanted or self.pool.fork_error is not None and not self.pool.serving():
             return 0
-        capacity = self.pool.capacity()
-        buffered = len(self.buffer)
-        prefetch = self._prefetch()
-        if capacity <= buffered and buffered > prefetch // 2:
-            return 0
-        return max(capacity + prefetch - buffered, 0)
-
-    def _prefetch(self) -> int:
-        """Tasks to hold beyond what idle executors take: about PREFETCH_WINDOW
-        of work at the executors' usual pace, at most settings.prefetch. Tiny
-        tasks get a deep buffer (large claims, few round trips); long ones
-        almost none, so one supervisor does not sit on work that another,
-        idle, could start."""
-        limit = self.settings.prefetch
-        typical = self.pool.typical_task_seconds()
-        if typical is None:
-            return min(limit, self.pool.size)
-        return min(limit, max(self.pool.size, int(self.pool.size * PREFETCH_WINDOW / typical)))
+        depth = claim_size.prefetch(self.settings.prefetch, self.pool.size,
+                                    self.pool.typical_task_seconds())
+        return claim_size.claim_size(self.pool.capacity(), len(self.buffer), depth)
 
     # -- timers -----------------------------------------------------------------
 
